@@ -1,0 +1,1 @@
+"""widgetry: a widget catalogue whose writes are commands."""
