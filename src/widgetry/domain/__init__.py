@@ -1,0 +1,1 @@
+"""What a widget is and what can happen to it."""

@@ -1,0 +1,43 @@
+"""Commands: what a client can ask to happen to a widget. Field values come already validated by the DTOs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import msgspec
+
+
+class CommandStatus(str, Enum):
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class CreateWidget(msgspec.Struct, tag="create_widget", frozen=True):
+    values: dict[str, Any]
+
+
+class UpdateWidget(msgspec.Struct, tag="update_widget", frozen=True):
+    changes: dict[str, Any]
+    expected_version: int | None = None
+
+
+class DeleteWidget(msgspec.Struct, tag="delete_widget", frozen=True):
+    expected_version: int | None = None
+
+
+Command = CreateWidget | UpdateWidget | DeleteWidget
+
+
+def command_type(command: Command) -> str:
+    return type(command).__struct_config__.tag  # type: ignore[return-value]
+
+
+def dump_command(command: Command) -> dict[str, Any]:
+    return msgspec.to_builtins(command)
+
+
+def load_command(payload: dict[str, Any]) -> Command:
+    return msgspec.convert(payload, Command)  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""The database model: the one definition of a widget's fields, the durable command record and the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from advanced_alchemy.base import BigIntAuditBase, BigIntBase, DefaultBase, UUIDv7Base
+from advanced_alchemy.types import JsonB
+from advanced_alchemy.types.datetime import DateTimeUTC
+import msgspec
+from msgspec import Meta
+from sqlalchemy import BigInteger, Index, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME_MAX_LENGTH = 200
+PRICE_MAX_CENTS = 10**12
+NOTES_MAX_LENGTH = 10_000
+
+Sku = Annotated[str, Meta(pattern=SKU_PATTERN, examples=["WID-001"])]
+# 1..200 characters once surrounding white space is trimmed (the service stores the trimmed name).
+Name = Annotated[str, Meta(pattern=r"^\s*\S(?:.{0,198}\S)?\s*$", examples=["Sprocket, large"])]
+PriceCents = Annotated[int, Meta(ge=0, le=PRICE_MAX_CENTS, examples=[1999])]
+Notes = Annotated[str, Meta(max_length=NOTES_MAX_LENGTH)]
+
+
+class Widget(BigIntAuditBase):
+    """A catalogue entry. `version` starts at 1 and SQLAlchemy bumps it on every UPDATE."""
+
+    __tablename__ = "widgets"
+
+    PRIVATE_FIELDS = frozenset({"id", "internal_notes"})
+    """Never leave the service: excluded from the read DTO and from event payloads alike."""
+    SERVER_FIELDS = frozenset({"id", "version", "created_at", "updated_at"})
+    """Set by the service, never by a client."""
+
+    sku: Mapped[Sku] = mapped_column(String(64), unique=True)
+    name: Mapped[Name] = mapped_column(String(NAME_MAX_LENGTH))
+    price_cents: Mapped[PriceCents] = mapped_column(BigInteger)
+    internal_notes: Mapped[Notes | None] = mapped_column(Text, default=None)
+    version: Mapped[int] = mapped_column(default=1)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+    def public(self) -> dict[str, Any]:
+        """The public shape as JSON-ready builtins (times as RFC 3339 strings), as events carry it."""
+        return msgspec.to_builtins(self.to_dict(exclude=set(self.PRIVATE_FIELDS)))
+
+
+class WidgetHead(DefaultBase):
+    """Per-sku command counters; outlives deletes so a re-created sku keeps counting.
+
+    `accepted_seq` numbers commands as they are accepted; `applied_seq` is the fence a re-run job checks.
+    """
+
+    __tablename__ = "widget_heads"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    accepted_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CommandRecord(UUIDv7Base):
+    """A command as accepted: kept after it finishes (retention in settings), the source of truth, not Redis."""
+
+    __tablename__ = "commands"
+    __table_args__ = (Index("ix_commands_sku_seq", "sku", "seq", unique=True),)
+
+    type: Mapped[str] = mapped_column(String(32))
+    sku: Mapped[str | None] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    accepted_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JsonB, default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonB, default=None)
+
+
+class EventRecord(BigIntBase):
+    """The outbox: one row per event, written in the transaction that made the change.
+
+    `id` orders events as committed; `stream_id` is set once the event is on the Redis stream.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_unpublished", "id", postgresql_where=text("stream_id IS NULL"),
+              sqlite_where=text("stream_id IS NULL")),
+    )
+
+    event_id: Mapped[UUID] = mapped_column(unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    sku: Mapped[str | None] = mapped_column(String(64))
+    version: Mapped[int | None] = mapped_column(BigInteger)
+    command_id: Mapped[UUID] = mapped_column(index=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    data: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    stream_id: Mapped[str | None] = mapped_column(String(32), default=None)
