@@ -1,0 +1,1 @@
+"""The one layer that reads and changes widgets: HTTP handlers and workers both call it."""

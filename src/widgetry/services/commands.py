@@ -1,0 +1,146 @@
+"""Command intake and apply: the durable record, per-sku ordering, exactly-once effect, one event per outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from widgetry.domain.commands import (
+    Command,
+    CommandStatus,
+    CreateWidget,
+    DeleteWidget,
+    UpdateWidget,
+    command_type,
+    dump_command,
+    load_command,
+)
+from widgetry.domain.events import EventType
+from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
+from widgetry.domain.problems import CommandFailed
+from widgetry.services.widgets import WidgetService
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class CommandRepository(SQLAlchemyAsyncRepository[CommandRecord]):
+    model_type = CommandRecord
+
+
+class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
+    repository_type = CommandRepository
+
+    @property
+    def session(self) -> AsyncSession:
+        return self.repository.session
+
+    async def accept(self, sku: str, command: Command) -> CommandRecord:
+        """Records the command with the next sequence number of its sku, and commits before anyone is told."""
+        record = await self.create(
+            CommandRecord(
+                type=command_type(command),
+                sku=sku,
+                seq=await self._next_seq(sku),
+                payload=dump_command(command),
+                status=CommandStatus.ACCEPTED.value,
+                accepted_at=datetime.now(UTC),
+            )
+        )
+        await self.session.commit()
+        return record
+
+    async def apply(self, command_id: UUID) -> list[EventRecord]:
+        """Applies the command and every earlier pending command of its sku, in accept order, in one transaction.
+
+        Re-running it (a re-delivered job, or a sibling job that already drained this one) changes nothing and
+        returns no events: the sku's `applied_seq` is the fence. Returns the events committed, to be published.
+        """
+        record = await self.get_one_or_none(id=command_id)
+        if record is None or record.sku is None:
+            return []
+        applied_seq = await self._lock_head(record.sku)
+        if record.seq <= applied_seq:
+            await self.session.rollback()
+            return []
+        pending = await self.session.scalars(
+            select(CommandRecord)
+            .where(CommandRecord.sku == record.sku, CommandRecord.seq > applied_seq, CommandRecord.seq <= record.seq)
+            .order_by(CommandRecord.seq)
+        )
+        widgets = WidgetService(session=self.session)
+        events = [await self._apply_one(widgets, pending_record) for pending_record in pending]
+        await self.session.execute(
+            update(WidgetHead).where(WidgetHead.sku == record.sku).values(applied_seq=record.seq)
+        )
+        self.session.add_all(events)
+        await self.session.commit()
+        return events
+
+    async def _apply_one(self, widgets: WidgetService, record: CommandRecord) -> EventRecord:
+        sku = record.sku or ""
+        try:
+            event_type, version, data = await _execute(widgets, sku, load_command(record.payload))
+            record.status = CommandStatus.SUCCEEDED.value
+        except CommandFailed as failure:
+            record.status, record.error = CommandStatus.FAILED.value, failure.problem()
+            event_type, version, data = EventType.COMMAND_FAILED, None, {"status": record.status, "error": record.error}
+        record.finished_at = datetime.now(UTC)
+        return EventRecord(event_id=uuid4(), type=event_type.value, sku=sku, version=version,
+                           command_id=record.id, occurred_at=record.finished_at, data=data)
+
+    async def _next_seq(self, sku: str) -> int:
+        insert = postgresql.insert if self.session.bind.dialect.name == "postgresql" else sqlite.insert
+        statement = (
+            insert(WidgetHead)
+            .values(sku=sku, accepted_seq=1, applied_seq=0)
+            .on_conflict_do_update(index_elements=[WidgetHead.sku], set_={"accepted_seq": WidgetHead.accepted_seq + 1})
+            .returning(WidgetHead.accepted_seq)
+        )
+        return (await self.session.execute(statement)).scalar_one()
+
+    async def _lock_head(self, sku: str) -> int:
+        # A no-op write as the transaction's first statement: it takes the row lock on PostgreSQL (like
+        # SELECT ... FOR UPDATE) and the write lock on SQLite, whose deferred transactions would otherwise let two
+        # appliers read the same `applied_seq`.
+        await self.session.execute(
+            update(WidgetHead).where(WidgetHead.sku == sku).values(applied_seq=WidgetHead.applied_seq)
+        )
+        return (await self.session.execute(select(WidgetHead.applied_seq).where(WidgetHead.sku == sku))).scalar_one()
+
+    async def mark_failed(self, command_id: UUID, failure: CommandFailed) -> list[EventRecord]:
+        """Ends a command that could not be applied at all (retries spent), with its problem and one event."""
+        record = await self.get_one_or_none(id=command_id)
+        if record is None or record.status in (CommandStatus.SUCCEEDED.value, CommandStatus.FAILED.value):
+            return []
+        record.status, record.error, record.finished_at = CommandStatus.FAILED.value, failure.problem(), datetime.now(UTC)
+        event = EventRecord(event_id=uuid4(), type=EventType.COMMAND_FAILED.value, sku=record.sku, version=None,
+                            command_id=record.id, occurred_at=record.finished_at,
+                            data={"status": record.status, "error": record.error})
+        self.session.add(event)
+        await self.session.commit()
+        return [event]
+
+    async def unfinished(self) -> Sequence[CommandRecord]:
+        return await self.list(CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value]))
+
+
+async def _execute(widgets: WidgetService, sku: str, command: Command) -> tuple[EventType, int, dict[str, Any]]:
+    match command:
+        case CreateWidget(values=values):
+            widget = await widgets.create_widget(sku, values)
+            return EventType.WIDGET_CREATED, widget.version, widget.public()
+        case UpdateWidget(changes=changes, expected_version=expected):
+            widget = await widgets.update_widget(sku, changes, expected)
+            return EventType.WIDGET_UPDATED, widget.version, widget.public()
+        case DeleteWidget(expected_version=expected):
+            widget = await widgets.delete_widget(sku, expected)
+            return EventType.WIDGET_DELETED, widget.version + 1, {"sku": sku}
+    raise TypeError(f"unknown command {command!r}")  # pragma: no cover - the union is closed

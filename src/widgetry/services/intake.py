@@ -1,0 +1,52 @@
+"""Command intake: record durably, then queue. The job name is the contract the worker registers under."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from saq.queue import Queue
+
+    from widgetry.domain.commands import Command
+    from widgetry.domain.models import CommandRecord
+    from widgetry.services.commands import CommandService
+    from widgetry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+APPLY_COMMAND = "apply_command"
+
+
+async def submit(
+    commands: CommandService, queue: Queue, settings: Settings, sku: str, command: Command
+) -> CommandRecord:
+    """Records the command (committed), then queues it. A queue that is down loses nothing: the record is the
+    source of truth, and unfinished commands are queued again when a worker starts."""
+    record = await commands.accept(sku, command)
+    try:
+        await dispatch(queue, settings, record.id)
+    except (RedisError, OSError):
+        logger.warning("command %s recorded but not queued; it will be queued on recovery", record.id, exc_info=True)
+    return record
+
+
+async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> None:
+    """Queues the job that applies a command; keyed by the command id, so queueing it twice queues it once.
+
+    SAQ's defaults are not safe here: `retries=1` means a single attempt, and a job whose worker is killed is
+    only re-run when it has `retries >= 2` and a `timeout`. Both are set deliberately.
+    """
+    await queue.enqueue(
+        APPLY_COMMAND,
+        key=str(command_id),
+        command_id=str(command_id),
+        retries=settings.job_attempts,
+        timeout=settings.job_timeout_seconds,
+        retry_delay=0.5,
+        retry_backoff=10.0,
+        ttl=600,
+    )
