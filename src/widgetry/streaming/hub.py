@@ -1,0 +1,216 @@
+"""One Redis stream reader per web process, fanning each entry out to its SSE subscribers.
+
+Litestar's channels plugin has no event ids, so it cannot resume by `Last-Event-ID`; this is the small piece
+that can: every subscriber registers its live buffer first, then replays `(cursor, position]` with XRANGE,
+then drains the live buffer, skipping what the replay already sent. No gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Collection
+from typing import TYPE_CHECKING
+
+from litestar.response.sse import ServerSentEventMessage
+
+from widgetry.domain.events import STREAM_RESET
+from widgetry.streaming.cursor import ORIGIN, StreamId, format_stream_id, parse_stream_id
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+READ_BATCH = 500
+RECONNECT_DELAY = 1.0
+RETRY_MS = 3_000
+KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
+
+
+class Entry:
+    """A stream entry, its SSE message encoded once for every subscriber."""
+
+    __slots__ = ("id", "message", "sku", "type")
+
+    def __init__(self, raw_id: bytes | str, fields: dict[bytes, bytes]) -> None:
+        text_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        self.id: StreamId = parse_stream_id(text_id) or ORIGIN
+        self.type = fields[b"type"].decode()
+        self.sku = fields[b"sku"].decode() or None
+        self.message = ServerSentEventMessage(id=text_id, event=self.type, data=fields[b"data"]).encode()
+
+
+class Filter:
+    __slots__ = ("skus", "types")
+
+    def __init__(self, skus: Collection[str] | None = None, types: Collection[str] | None = None) -> None:
+        self.skus = frozenset(skus) if skus else None
+        self.types = frozenset(types) if types else None
+
+    def __call__(self, entry: Entry) -> bool:
+        return (self.skus is None or entry.sku in self.skus) and (self.types is None or entry.type in self.types)
+
+
+class Subscription:
+    """A bounded live buffer. A subscriber too slow to keep up is closed, never silently skipped: it resumes by id."""
+
+    __slots__ = ("_wakeup", "buffer", "closed", "limit", "matches")
+
+    def __init__(self, matches: Filter, limit: int) -> None:
+        self.matches = matches
+        self.limit = limit
+        self.buffer: deque[Entry] = deque()
+        self.closed = False
+        self._wakeup = asyncio.Event()
+
+    def offer(self, entry: Entry) -> None:
+        if self.closed or not self.matches(entry):
+            return
+        if len(self.buffer) >= self.limit:
+            self.close()
+            return
+        self.buffer.append(entry)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Returns when an entry arrives, the subscription closes, or `timeout` passes."""
+        # Waiting on an event and popping from a deque, rather than `wait_for(queue.get())`, cannot lose an entry
+        # when the timeout and a delivery coincide.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+        self._wakeup.clear()
+
+
+class EventHub:
+    def __init__(self, redis: Redis, stream: str, *, buffer_size: int, keepalive: float) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._buffer_size = buffer_size
+        self._keepalive = keepalive
+        self._subscribers: set[Subscription] = set()
+        self._position: StreamId | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._read_forever(), name="widgetry-event-hub")
+
+    async def stop(self) -> None:
+        self.close_subscribers()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def close_subscribers(self) -> None:
+        """Ends every open stream (on shutdown), so clients reconnect elsewhere with their last id."""
+        for subscription in list(self._subscribers):
+            subscription.close()
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                if self._position is None:
+                    self._position = await self._stream_end()
+                    self._ready.set()
+                response = await self._redis.xread(
+                    {self._stream: format_stream_id(self._position)}, count=READ_BATCH, block=5_000
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("event stream read failed; retrying in %ss", RECONNECT_DELAY)
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            for _stream, entries in response or ():
+                self._dispatch([Entry(raw_id, fields) for raw_id, fields in entries])
+
+    def _dispatch(self, entries: list[Entry]) -> None:
+        # No await in here: a subscriber registering between two reads sees either all of a batch live, or none.
+        for entry in entries:
+            for subscription in self._subscribers:
+                subscription.offer(entry)
+        if entries:
+            self._position = entries[-1].id
+
+    async def _stream_end(self) -> StreamId:
+        info = await self._stream_info()
+        return parse_stream_id(info.get("last-generated-id")) or ORIGIN if info else ORIGIN
+
+    async def _stream_info(self) -> dict[str, object]:
+        try:
+            raw = await self._redis.xinfo_stream(self._stream)
+        except Exception as exc:
+            if "no such key" in str(exc).lower():
+                return {}
+            raise
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+    async def _cursor_is_lost(self, cursor: StreamId) -> bool:
+        """Unknown (newer than anything written) or older than what the stream still keeps."""
+        info = await self._stream_info()
+        if not info:
+            return cursor != ORIGIN
+        last = parse_stream_id(info.get("last-generated-id")) or ORIGIN
+        if cursor > last:
+            return True
+        trimmed = int(info.get("entries-added", 0) or 0) > int(info.get("length", 0) or 0)  # type: ignore[call-overload]
+        first = info.get("first-entry")
+        first_id = parse_stream_id(first[0]) if first else None  # type: ignore[index]
+        return trimmed and (first_id is None or cursor < first_id)
+
+    async def subscribe(self, matches: Filter, cursor: str | None) -> AsyncIterator[bytes]:
+        """SSE messages: the replay after `cursor` (if any), then live entries, with keepalive comments."""
+        await self._ready.wait()
+        subscription = Subscription(matches, self._buffer_size)
+        self._subscribers.add(subscription)
+        position = self._position or ORIGIN
+        try:
+            yield f"retry: {RETRY_MS}\r\n\r\n".encode()
+            sent = position
+            if cursor is not None:
+                parsed = parse_stream_id(cursor)
+                if parsed is None or await self._cursor_is_lost(parsed):
+                    yield ServerSentEventMessage(event=STREAM_RESET, data="{}").encode()
+                else:
+                    sent = max(parsed, position)
+                    async for entry in self._replay(parsed, position):
+                        if matches(entry):
+                            yield entry.message
+            while True:
+                while subscription.buffer:
+                    entry = subscription.buffer.popleft()
+                    if entry.id > sent:
+                        sent = entry.id
+                        yield entry.message
+                if subscription.closed:
+                    return
+                await subscription.wait(self._keepalive)
+                if not subscription.buffer and not subscription.closed:
+                    yield KEEPALIVE
+        finally:
+            # Synchronous on purpose: a client disconnect cancels this generator, and an await here would be too.
+            self._subscribers.discard(subscription)
+
+    async def _replay(self, after: StreamId, until: StreamId) -> AsyncIterator[Entry]:
+        start = "(" + format_stream_id(after)
+        while True:
+            rows = await self._redis.xrange(self._stream, min=start, max=format_stream_id(until), count=READ_BATCH)
+            for raw_id, fields in rows:
+                yield Entry(raw_id, fields)
+            if len(rows) < READ_BATCH:
+                return
+            start = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
