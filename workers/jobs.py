@@ -1,0 +1,65 @@
+"""The jobs workers run. Each opens its own session, calls the service layer, commits, then publishes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from widgetry.domain.problems import CommandFailed
+from widgetry.services.commands import CommandService
+from widgetry.services.intake import dispatch
+from widgetry.services.events import EventService
+
+if TYPE_CHECKING:
+    from saq.queue import Queue
+
+    from widgetry.connections import Connections
+    from widgetry.domain.models import EventRecord
+
+logger = logging.getLogger(__name__)
+
+
+async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
+    """Applies one command (and any earlier pending one of its sku). Safe to run more than once."""
+    connections: Connections = ctx["connections"]
+    job = ctx["job"]
+    try:
+        async with connections.alchemy.get_session() as session:
+            events = await CommandService(session=session).apply(UUID(command_id))
+        await publish(connections, events)
+    except Exception as exc:
+        if job.attempts < job.retries:
+            raise
+        logger.exception("command %s failed after %s attempts", command_id, job.attempts)
+        failure = CommandFailed(f"The command could not be applied after {job.attempts} attempts: {exc!r}")
+        async with connections.alchemy.get_session() as session:
+            await publish(connections, await CommandService(session=session).mark_failed(UUID(command_id), failure))
+        raise
+
+
+async def publish(connections: Connections, events: list[EventRecord]) -> None:
+    if not events:
+        return
+    stream_ids = await connections.publisher.publish(events)
+    async with connections.alchemy.get_session() as session:
+        await EventService(session=session).mark_published(events, stream_ids)
+
+
+def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["connections"] = connections
+        await requeue_unfinished(connections, ctx["worker"].queue)
+
+    return startup
+
+
+async def requeue_unfinished(connections: Connections, queue: Queue) -> None:
+    """Queues again every command recorded but not finished: the embedded queue does not survive a restart."""
+    async with connections.alchemy.get_session() as session:
+        unfinished = await CommandService(session=session).unfinished()
+    for record in unfinished:
+        await dispatch(queue, connections.settings, record.id)
+    if unfinished:
+        logger.info("re-queued %d unfinished commands", len(unfinished))

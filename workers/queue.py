@@ -1,0 +1,100 @@
+"""The SAQ queue and worker configuration, for the in-process worker and for `widgetry workers run`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from litestar.serialization import decode_json, encode_json
+from litestar_saq import QueueConfig, SAQConfig, SAQPlugin
+from saq.queue.redis import RedisQueue
+
+from widgetry.services.intake import APPLY_COMMAND
+from widgetry.settings import WorkerMode
+from workers.jobs import apply_command, startup_hook
+
+if TYPE_CHECKING:
+    from saq.job import Job
+
+    from widgetry.connections import Connections
+
+SWEEP_SECONDS = 10
+"""How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
+
+
+class EmbeddedRedisQueue(RedisQueue):
+    """SAQ's Redis queue, made to work on the in-process fakeredis.
+
+    fakeredis has no `INFO` (which `RedisQueue.version()` calls, so the worker would never dequeue), and its async
+    `BLMOVE` returns at once instead of blocking, so an idle worker would spin a core. Here a dequeue tries a
+    non-blocking `LMOVE` and otherwise waits on an in-process event that enqueue, retry and the scheduler set.
+    """
+
+    WAKE_TIMEOUT = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wakeup = asyncio.Event()
+
+    async def version(self) -> tuple[int, ...]:
+        return (7, 0, 0)
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        while True:
+            self._wakeup.clear()
+            job_id = await self.redis.lmove(self._queued, self._active, "LEFT", "RIGHT")
+            if job_id is not None:
+                return await self._get_job_by_id(job_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout or self.WAKE_TIMEOUT):
+                    await self._wakeup.wait()
+            if timeout:
+                return None
+
+    async def _enqueue(self, job: Job) -> Job | None:
+        queued = await super()._enqueue(job)
+        self._wakeup.set()
+        return queued
+
+    async def _retry(self, job: Job, error: str | None) -> None:
+        await super()._retry(job, error)
+        self._wakeup.set()
+
+    async def schedule(self, lock: int = 1) -> list[str]:
+        scheduled = await super().schedule(lock)
+        if scheduled:
+            self._wakeup.set()
+        return scheduled
+
+
+def build_queue(connections: Connections) -> RedisQueue:
+    queue_class = EmbeddedRedisQueue if connections.settings.embedded_redis else RedisQueue
+    return queue_class(
+        connections.redis,
+        name=connections.settings.queue_name,
+        dump=lambda value: encode_json(value).decode(),
+        load=decode_json,
+    )
+
+
+def saq_plugin(connections: Connections) -> SAQPlugin:
+    settings = connections.settings
+    queue = build_queue(connections)
+    return SAQPlugin(
+        SAQConfig(
+            queue_instances={queue.name: queue},
+            queue_configs=[
+                QueueConfig(
+                    name=queue.name,
+                    broker_instance=connections.redis,
+                    tasks=[(APPLY_COMMAND, apply_command)],
+                    concurrency=settings.worker_concurrency,
+                    separate_process=settings.workers is WorkerMode.EXTERNAL,
+                    startup=[startup_hook(connections)],
+                    timers={"sweep": SWEEP_SECONDS},
+                    shutdown_grace_period_s=5,
+                )
+            ],
+        )
+    )
