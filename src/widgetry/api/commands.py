@@ -1,0 +1,20 @@
+"""Command status: kept after the command finishes, not only while it is queued."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from litestar import get
+
+from widgetry.api.problems import problem_exception
+from widgetry.api.schemas import CommandResource
+from widgetry.services.commands import CommandService
+
+
+@get("/commands/{command_id:uuid}")
+async def get_command(command_id: UUID, commands: CommandService) -> CommandResource:
+    """A command's status, and its problem once failed."""
+    record = await commands.get_one_or_none(id=command_id)
+    if record is None:
+        raise problem_exception(404, f"No command has id {command_id}.", slug="command-not-found")
+    return CommandResource.of(record)

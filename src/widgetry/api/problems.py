@@ -1,0 +1,102 @@
+"""Every error as `application/problem+json` (RFC 9457), through Litestar's problem-details plugin."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from widgetry.domain.problems import PROBLEM_BASE, CommandFailed
+
+logger = logging.getLogger(__name__)
+
+SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    412: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "invalid",
+    429: "too-many-requests",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+def problem_exception(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
+                      headers: dict[str, str] | None = None, **extra: Any) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=status,
+        type_=PROBLEM_BASE + (slug or SLUGS.get(status, "error")),
+        title=title or HTTPStatus(status).phrase,
+        detail=detail,
+        headers=headers,
+        extra=extra or None,
+    )
+
+
+def invalid(detail: str, invalid_params: list[dict[str, str]]) -> ProblemDetailsException:
+    return problem_exception(422, detail, title="Invalid request", invalid_params=invalid_params)
+
+
+def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+    if isinstance(exc, ValidationException):
+        return from_validation(exc)
+    return problem_exception(exc.status_code, exc.detail, headers=exc.headers)
+
+
+def from_validation(exc: ValidationException) -> ProblemDetailsException:
+    """Malformed bodies are 400; well-formed input that breaks a rule is 422 with `invalid_params`."""
+    params = [
+        {"name": str(item.get("key") or item.get("source") or "body"), "reason": str(item.get("message", ""))}
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict)
+    ]
+    if params and all(item["name"] == "body" and "malformed" in item["reason"].lower() for item in params):
+        return problem_exception(400, "The request body is not valid JSON.", invalid_params=params)
+    if not params:
+        return problem_exception(400, exc.detail)
+    return invalid("The request does not meet the rules of the API.", params)
+
+
+def from_command_failed(exc: CommandFailed) -> ProblemDetailsException:
+    return ProblemDetailsException(status_code=exc.status, type_=PROBLEM_BASE + exc.slug, title=exc.title,
+                                   detail=exc.detail)
+
+
+def from_unavailable(exc: Exception) -> ProblemDetailsException:
+    logger.warning("a backing service is unavailable: %r", exc)
+    return problem_exception(503, "A backing service (database or Redis) is unavailable; try again shortly.",
+                             headers={"Retry-After": "1"})
+
+
+def from_unexpected(exc: Exception) -> ProblemDetailsException:
+    logger.exception("unhandled error", exc_info=exc)
+    return problem_exception(500, "An unexpected error occurred; it has been logged.")
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={
+                HTTPException: from_http_exception,
+                CommandFailed: from_command_failed,
+                OperationalError: from_unavailable,
+                InterfaceError: from_unavailable,
+                ConnectionError: from_unavailable,
+                RedisConnectionError: from_unavailable,
+                RedisTimeoutError: from_unavailable,
+                Exception: from_unexpected,
+            }
+        )
+    )

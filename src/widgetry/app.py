@@ -1,0 +1,100 @@
+"""The application factory: the composition root, the one module that wires api, services and workers together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+import anyio
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from advanced_alchemy.extensions.litestar import AlembicCommands
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from widgetry.api.commands import get_command
+from widgetry.api.dependencies import DEPENDENCIES
+from widgetry.api.events import stream_events, stream_widget_events
+from widgetry.api.ops import health, ready
+from widgetry.api.problems import problem_details_plugin
+from widgetry.api.security import ApiKeys, api_key_guard
+from widgetry.api.widgets import create_widget, delete_widget, get_widget, list_widgets, update_widget
+from widgetry.cli import WidgetryCLIPlugin
+from widgetry.connections import Connections, build_alchemy
+from widgetry.settings import Settings
+from widgetry.streaming.hub import EventHub
+from workers.queue import saq_plugin
+
+logger = logging.getLogger("widgetry")
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    connections = Connections.build(settings)
+    hub = EventHub(connections.redis, settings.events_stream, buffer_size=settings.subscriber_queue_size,
+                   keepalive=settings.keepalive_seconds)
+    read_guards = [api_key_guard] if settings.protect_reads else []
+    return Litestar(
+        route_handlers=[
+            # Reads and writes share paths (`/widgets`), and Litestar gives each path one automatic OPTIONS
+            # handler, so two routers on the same paths cannot both be registered: the write handlers carry the
+            # API-key guard themselves, and this router adds it to reads when the settings ask for it.
+            Router("/", guards=read_guards, route_handlers=[
+                list_widgets, get_widget, get_command, stream_events, stream_widget_events,
+                create_widget, update_widget, delete_widget,
+            ]),
+            Router("/", route_handlers=[health, ready]),
+        ],
+        dependencies=DEPENDENCIES,
+        plugins=[
+            SQLAlchemyPlugin(config=connections.alchemy),
+            saq_plugin(connections),
+            problem_details_plugin(),
+            WidgetryCLIPlugin(),
+        ],
+        state=State({
+            "settings": settings,
+            "connections": connections,
+            "hub": hub,
+            "api_keys": ApiKeys(settings.effective_api_keys),
+        }),
+        lifespan=[_lifespan],
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="widgetry",
+            version=version("widgetry"),
+            description="A widget catalogue whose writes are commands: 202 Accepted, then events over SSE.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=settings.debug,
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    connections: Connections = app.state.connections
+    if settings.embedded_database:
+        await anyio.to_thread.run_sync(upgrade_database, settings)
+    if settings.dev_key_generated:
+        print(f"widgetry: development API key for this run: {settings.effective_api_keys[0]}", flush=True)  # noqa: T201
+    elif not settings.effective_api_keys:
+        logger.warning("No WIDGETRY_API_KEYS set: every write will be refused with 401.")
+    await app.state.hub.start()
+    try:
+        yield
+    finally:
+        await app.state.hub.stop()
+        await connections.redis.aclose()
+
+
+def upgrade_database(settings: Settings) -> None:
+    """Migrates to the newest revision (the embedded mode does this on start), on an engine of its own that the
+    migration environment disposes of: the app's engine belongs to the event loop, migrations run in a thread."""
+    AlembicCommands(sqlalchemy_config=build_alchemy(settings)).upgrade(revision="head")
