@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -16,6 +17,8 @@ from widgetry.domain.problems import PROBLEM_BASE, CommandFailed
 
 logger = logging.getLogger(__name__)
 
+MALFORMED = "JSON is malformed"
+MSGSPEC_ERROR = re.compile(r"^(?P<reason>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 SLUGS = {
     400: "bad-request",
     401: "unauthorized",
@@ -50,23 +53,23 @@ def invalid(detail: str, invalid_params: list[dict[str, str]]) -> ProblemDetails
 
 
 def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
-    if isinstance(exc, ValidationException):
+    if exc.status_code == 400 and isinstance(exc, ClientException):  # the DTO decoder raises a plain 400
         return from_validation(exc)
     return problem_exception(exc.status_code, exc.detail, headers=exc.headers)
 
 
-def from_validation(exc: ValidationException) -> ProblemDetailsException:
-    """Malformed bodies are 400; well-formed input that breaks a rule is 422 with `invalid_params`."""
-    params = [
-        {"name": str(item.get("key") or item.get("source") or "body"), "reason": str(item.get("message", ""))}
-        for item in (exc.extra if isinstance(exc.extra, list) else [])
-        if isinstance(item, dict)
-    ]
-    if params and all(item["name"] == "body" and "malformed" in item["reason"].lower() for item in params):
-        return problem_exception(400, "The request body is not valid JSON.", invalid_params=params)
-    if not params:
-        return problem_exception(400, exc.detail)
-    return invalid("The request does not meet the rules of the API.", params)
+def from_validation(exc: ClientException) -> ProblemDetailsException:
+    """A body that is not JSON is 400; anything else that breaks a rule is 422 with `invalid_params`."""
+    if exc.detail.startswith(MALFORMED):
+        return problem_exception(400, "The request body is not valid JSON.",
+                                 invalid_params=[{"name": "body", "reason": exc.detail}])
+    items = [item for item in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(item, dict)]
+    params = [{"name": str(item.get("key") or item.get("source") or "body"), "reason": str(item.get("message", ""))}
+              for item in items]
+    if not params and (found := MSGSPEC_ERROR.match(exc.detail)):
+        # The DTO's msgspec decoder reports one error as text: "Expected `int`, got `str` - at `$.price_cents`".
+        params = [{"name": found["path"] or "body", "reason": found["reason"]}]
+    return invalid("The request does not meet the rules of the API.", params or [{"name": "body", "reason": exc.detail}])
 
 
 def from_command_failed(exc: CommandFailed) -> ProblemDetailsException:

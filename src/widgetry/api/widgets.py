@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
+
 from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.service import OffsetPagination
 from litestar import Response, delete, get, patch, post
@@ -15,7 +17,7 @@ from saq.queue import Queue
 from widgetry.api.dependencies import provide_widget_filters
 from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.security import api_key_guard
-from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch, WidgetRead, command_url
+from widgetry.api.schemas import CommandResource, WidgetChanges, WidgetCreate, WidgetRead, command_url
 from widgetry.domain.commands import Command, CreateWidget, DeleteWidget, UpdateWidget
 from widgetry.domain.models import SKU_PATTERN, Widget
 from widgetry.domain.problems import WidgetNotFound
@@ -58,16 +60,16 @@ async def create_widget(
     return await _accepted(commands, queue, settings, sku, CreateWidget(values=values))
 
 
-@patch("/widgets/{sku:str}", dto=WidgetPatch, return_dto=None, status_code=202, guards=WRITE_GUARDS)
+@patch("/widgets/{sku:str}", status_code=202, guards=WRITE_GUARDS)
 async def update_widget(
-    data: DTOData[Widget], sku: SkuPath, commands: CommandService, queue: Queue, settings: Settings,
+    data: WidgetChanges, sku: SkuPath, commands: CommandService, queue: Queue, settings: Settings,  # type: ignore[valid-type]
     if_match: IfMatch = None,
 ) -> Response[CommandResource]:
     """Accepts a partial update: any non-empty subset of `name`, `price_cents`, `internal_notes`."""
-    changes = data.as_builtins()
+    changes = {key: value for key, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
     if not changes:
         raise invalid("A PATCH must change at least one field.",
-                      [{"name": "body", "reason": "empty: give at least one of name, price_cents, internal_notes"}])
+                      [{"name": "body", "reason": "empty: give at least one field to change"}])
     command = UpdateWidget(changes=changes, expected_version=_expected_version(if_match))
     return await _accepted(commands, queue, settings, sku, command)
 

@@ -6,24 +6,26 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 from advanced_alchemy.base import BigIntAuditBase, BigIntBase, DefaultBase, UUIDv7Base
 from advanced_alchemy.types import JsonB
 from advanced_alchemy.types.datetime import DateTimeUTC
-import msgspec
-from msgspec import Meta
+from litestar.params import KwargDefinition
 from sqlalchemy import BigInteger, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?!\n)$"  # the lookahead: Python's `$` also matches before a final "\n"
 NAME_MAX_LENGTH = 200
 PRICE_MAX_CENTS = 10**12
 NOTES_MAX_LENGTH = 10_000
 
-Sku = Annotated[str, Meta(pattern=SKU_PATTERN, examples=["WID-001"])]
+# The rules live on the model's own annotations, so the DTOs and the OpenAPI schema derive them from here.
+# Length rules are written as patterns because Litestar drops `max_length` from partial (PATCH) DTOs.
+Sku = Annotated[str, KwargDefinition(pattern=SKU_PATTERN)]
 # 1..200 characters once surrounding white space is trimmed (the service stores the trimmed name).
-Name = Annotated[str, Meta(pattern=r"^\s*\S(?:.{0,198}\S)?\s*$", examples=["Sprocket, large"])]
-PriceCents = Annotated[int, Meta(ge=0, le=PRICE_MAX_CENTS, examples=[1999])]
-Notes = Annotated[str, Meta(max_length=NOTES_MAX_LENGTH)]
+Name = Annotated[str, KwargDefinition(pattern=r"^\s*\S(?:.{0,198}\S)?\s*$")]
+PriceCents = Annotated[int, KwargDefinition(ge=0, le=PRICE_MAX_CENTS)]
+Notes = Annotated[str, KwargDefinition(pattern=rf"^[\s\S]{{0,{NOTES_MAX_LENGTH}}}(?![\s\S])")]
 
 
 class Widget(BigIntAuditBase):
@@ -39,7 +41,7 @@ class Widget(BigIntAuditBase):
     sku: Mapped[Sku] = mapped_column(String(64), unique=True)
     name: Mapped[Name] = mapped_column(String(NAME_MAX_LENGTH))
     price_cents: Mapped[PriceCents] = mapped_column(BigInteger)
-    internal_notes: Mapped[Notes | None] = mapped_column(Text, default=None)
+    internal_notes: Mapped[Notes] = mapped_column(Text, default="")
     version: Mapped[int] = mapped_column(default=1)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012

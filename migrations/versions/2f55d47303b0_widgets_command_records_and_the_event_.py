@@ -1,8 +1,8 @@
 """widgets, command records and the event outbox
 
-Revision ID: a45a7c074d2c
+Revision ID: 2f55d47303b0
 Revises: 
-Create Date: 2026-11-27 21:30:07.274897
+Create Date: 2026-11-27 21:32:44.009070
 
 """
 
@@ -42,7 +42,7 @@ sa.TOTPSecret = TOTPSecret
 sa.OneTimeCode = OneTimeCode
 
 # revision identifiers, used by Alembic.
-revision = 'a45a7c074d2c'
+revision = '2f55d47303b0'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -111,7 +111,7 @@ def schema_upgrades() -> None:
     sa.Column('sku', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('price_cents', sa.BigInteger(), nullable=False),
-    sa.Column('internal_notes', sa.Text(), nullable=True),
+    sa.Column('internal_notes', sa.Text(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTimeUTC(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTimeUTC(timezone=True), nullable=False),
