@@ -93,7 +93,10 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
                     startup=[startup_hook(connections)],
                     timers={"sweep": SWEEP_SECONDS},
-                    shutdown_grace_period_s=5,
+                    # SAQ's grace period waits for every worker task, idle dequeues included, so any grace is
+                    # spent in full on each shutdown. No grace is safe here: an apply is one transaction, and a
+                    # cancelled job is retried, its re-run stopped by the sku's applied_seq fence.
+                    shutdown_grace_period_s=None,
                 )
             ],
         )

@@ -13,6 +13,7 @@ from advanced_alchemy.extensions.litestar import AlembicCommands
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar_saq import SAQPlugin
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from widgetry.api.commands import get_command
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     connections: Connections = app.state.connections
-    if settings.embedded_database:
+    if settings.uses_sqlite:
         await anyio.to_thread.run_sync(upgrade_database, settings)
     if settings.dev_key_generated:
         print(f"widgetry: development API key for this run: {settings.effective_api_keys[0]}", flush=True)  # noqa: T201
@@ -90,11 +91,17 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # Litestar leaves lifespan managers before it runs the plugins' shutdown hooks: stop the in-process worker
+        # here, before the connections it uses are closed.
+        for worker in app.plugins.get(SAQPlugin).get_workers().values():
+            if not worker.separate_process:
+                await worker.stop()
         await app.state.hub.stop()
         await connections.redis.aclose()
+        await connections.alchemy.get_engine().dispose()
 
 
 def upgrade_database(settings: Settings) -> None:
-    """Migrates to the newest revision (the embedded mode does this on start), on an engine of its own that the
+    """Migrates to the newest revision (on SQLite this happens on start), on an engine of its own that the
     migration environment disposes of: the app's engine belongs to the event loop, migrations run in a thread."""
     AlembicCommands(sqlalchemy_config=build_alchemy(settings)).upgrade(revision="head")

@@ -53,6 +53,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         return self.database_url is None
 
     @property
+    def uses_sqlite(self) -> bool:
+        """SQLite is single-host and migrated on start; PostgreSQL is migrated by `widgetry database upgrade`."""
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
     def embedded_redis(self) -> bool:
         return self.redis_url is None
 

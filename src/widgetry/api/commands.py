@@ -5,6 +5,8 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from widgetry.api.problems import problem_exception
 from widgetry.api.schemas import CommandResource
@@ -12,7 +14,7 @@ from widgetry.services.commands import CommandService
 
 
 @get("/commands/{command_id:uuid}")
-async def get_command(command_id: UUID, commands: CommandService) -> CommandResource:
+async def get_command(command_id: FromPath[UUID], commands: NamedDependency[CommandService]) -> CommandResource:
     """A command's status, and its problem once failed."""
     record = await commands.get_one_or_none(id=command_id)
     if record is None:

@@ -8,10 +8,12 @@ from advanced_alchemy.extensions.litestar.providers import create_service_provid
 from advanced_alchemy.filters import LimitOffset, OrderBy, SearchFilter, StatementFilter
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 from litestar_saq.config import TaskQueues
 from saq.queue import Queue
 
+from widgetry.api.intake import provide_intake
 from widgetry.services.commands import CommandService
 from widgetry.services.widgets import WidgetService
 from widgetry.settings import Settings
@@ -29,18 +31,18 @@ def provide_hub(state: State) -> EventHub:
     return state.hub
 
 
-def provide_queue(task_queues: TaskQueues, settings: Settings) -> Queue:
+def provide_queue(task_queues: NamedDependency[TaskQueues], settings: NamedDependency[Settings]) -> Queue:
     return task_queues.get(settings.queue_name)
 
 
 def provide_widget_filters(
-    limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size.")] = 50,
-    offset: Annotated[int, Parameter(ge=0, le=2**62, description="Widgets to skip.")] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size.")] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=2**62, description="Widgets to skip.")] = 0,
     search: Annotated[
-        str | None, Parameter(max_length=200, description="Case-insensitive match on sku or name.")
+        str | None, QueryParameter(max_length=200, description="Case-insensitive match on sku or name.")
     ] = None,
-    order_by: Annotated[str, Parameter(pattern="^(" + "|".join(SORTABLE) + ")$", description="Sort field.")] = "sku",
-    sort: Annotated[str, Parameter(pattern="^(asc|desc)$", description="Sort direction.")] = "asc",
+    order_by: Annotated[str, QueryParameter(pattern="^(" + "|".join(SORTABLE) + ")$", description="Sort field.")] = "sku",
+    sort: Annotated[str, QueryParameter(pattern="^(asc|desc)$", description="Sort direction.")] = "asc",
 ) -> list[StatementFilter]:
     # Advanced Alchemy's filter providers name these `currentPage`, `pageSize`, `searchString`, `sortOrder`;
     # API.md's names and bounds differ, so the same filter objects are built here from the contract's parameters.
@@ -56,4 +58,5 @@ DEPENDENCIES = {
     "queue": Provide(provide_queue, sync_to_thread=False),
     "widgets": Provide(create_service_provider(WidgetService)),
     "commands": Provide(create_service_provider(CommandService)),
+    "intake": Provide(provide_intake, sync_to_thread=False),
 }

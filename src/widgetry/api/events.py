@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from widgetry.api.problems import invalid
@@ -13,20 +14,20 @@ from widgetry.api.widgets import SkuPath
 from widgetry.domain.events import EventType
 from widgetry.streaming.hub import EventHub, Filter
 
-SkuFilter = Annotated[list[str] | None, Parameter(description="Only events of these skus (repeatable).")]
+SkuFilter = Annotated[list[str] | None, QueryParameter(description="Only events of these skus (repeatable).")]
 TypesFilter = Annotated[
-    list[str] | None, Parameter(description="Only these event types, comma-separated or repeated.")
+    list[str] | None, QueryParameter(description="Only these event types, comma-separated or repeated.")
 ]
 CursorQuery = Annotated[
-    str | None, Parameter(query="last_event_id", description="Resume after this event id (as `Last-Event-ID`).")
+    str | None, QueryParameter(name="last_event_id", description="Resume after this event id (as `Last-Event-ID`).")
 ]
-CursorHeader = Annotated[str | None, Parameter(header="Last-Event-ID", description="Resume after this event id.")]
+CursorHeader = Annotated[str | None, HeaderParameter(name="Last-Event-ID", description="Resume after this event id.")]
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @get("/events", media_type="text/event-stream")
 async def stream_events(
-    hub: EventHub, sku: SkuFilter = None, types: TypesFilter = None,
+    hub: NamedDependency[EventHub], sku: SkuFilter = None, types: TypesFilter = None,
     last_event_id: CursorQuery = None, last_event_id_header: CursorHeader = None,
 ) -> Stream:
     """Every event (or those of the given skus and types), live; resumes exactly after a given id."""
@@ -35,7 +36,7 @@ async def stream_events(
 
 @get("/widgets/{sku:str}/events", media_type="text/event-stream")
 async def stream_widget_events(
-    hub: EventHub, sku: SkuPath, types: TypesFilter = None,
+    hub: NamedDependency[EventHub], sku: SkuPath, types: TypesFilter = None,
     last_event_id: CursorQuery = None, last_event_id_header: CursorHeader = None,
 ) -> Stream:
     """The events of one widget."""

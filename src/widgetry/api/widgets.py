@@ -11,38 +11,38 @@ from advanced_alchemy.service import OffsetPagination
 from litestar import Response, delete, get, patch, post
 from litestar.di import Provide
 from litestar.dto import DTOData
-from litestar.params import Parameter
-from saq.queue import Queue
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from widgetry.api.dependencies import provide_widget_filters
 from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.security import api_key_guard
-from widgetry.api.schemas import CommandResource, WidgetChanges, WidgetCreate, WidgetRead, command_url
-from widgetry.domain.commands import Command, CreateWidget, DeleteWidget, UpdateWidget
+from widgetry.api.intake import Intake
+from widgetry.api.schemas import CommandResource, WidgetChanges, WidgetCreate, WidgetRead
+from widgetry.domain.commands import CreateWidget, DeleteWidget, UpdateWidget
 from widgetry.domain.models import SKU_PATTERN, Widget
 from widgetry.domain.problems import WidgetNotFound
-from widgetry.services.commands import CommandService
-from widgetry.services.intake import submit
 from widgetry.services.widgets import WidgetService
-from widgetry.settings import Settings
 
-SkuPath = Annotated[str, Parameter(pattern=SKU_PATTERN, description="The widget's sku.")]
+SkuPath = Annotated[str, PathParameter(pattern=SKU_PATTERN, description="The widget's sku.")]
 WRITE_GUARDS = [api_key_guard]
 IfMatch = Annotated[
     str | None,
-    Parameter(header="If-Match", description='Apply only if the widget is still at this version: `"<version>"`.'),
+    HeaderParameter(name="If-Match", description='Apply only if the widget is still at this version: `"<version>"`.'),
 ]
 
 
 @get("/widgets", return_dto=WidgetRead, dependencies={"filters": Provide(provide_widget_filters, sync_to_thread=False)})
-async def list_widgets(widgets: WidgetService, filters: list[StatementFilter]) -> OffsetPagination[Widget]:
+async def list_widgets(
+    widgets: NamedDependency[WidgetService], filters: NamedDependency[list[StatementFilter]]
+) -> OffsetPagination[Widget]:
     """Lists widgets, a page at a time, optionally searched and ordered."""
     items, total = await widgets.list_and_count(*filters)
     return widgets.to_schema(items, total, filters=filters)
 
 
 @get("/widgets/{sku:str}", return_dto=WidgetRead)
-async def get_widget(widgets: WidgetService, sku: SkuPath) -> Response[Widget]:
+async def get_widget(widgets: NamedDependency[WidgetService], sku: SkuPath) -> Response[Widget]:
     """One widget, with its version as the `ETag`."""
     widget = await widgets.get_one_or_none(sku=sku)
     if widget is None:
@@ -51,42 +51,29 @@ async def get_widget(widgets: WidgetService, sku: SkuPath) -> Response[Widget]:
 
 
 @post("/widgets", dto=WidgetCreate, return_dto=None, status_code=202, guards=WRITE_GUARDS)
-async def create_widget(
-    data: DTOData[Widget], commands: CommandService, queue: Queue, settings: Settings
-) -> Response[CommandResource]:
+async def create_widget(data: JSONBody[DTOData[Widget]], intake: NamedDependency[Intake]) -> Response[CommandResource]:
     """Accepts a command to create a widget; fails once applied if the sku exists."""
     values = data.as_builtins()
     sku = values.pop("sku")
-    return await _accepted(commands, queue, settings, sku, CreateWidget(values=values))
+    return await intake.submit(sku, CreateWidget(values=values))
 
 
 @patch("/widgets/{sku:str}", status_code=202, guards=WRITE_GUARDS)
 async def update_widget(
-    data: WidgetChanges, sku: SkuPath, commands: CommandService, queue: Queue, settings: Settings,  # type: ignore[valid-type]
-    if_match: IfMatch = None,
+    data: JSONBody[WidgetChanges], sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None  # type: ignore[valid-type]
 ) -> Response[CommandResource]:
     """Accepts a partial update: any non-empty subset of `name`, `price_cents`, `internal_notes`."""
     changes = {key: value for key, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
     if not changes:
         raise invalid("A PATCH must change at least one field.",
                       [{"name": "body", "reason": "empty: give at least one field to change"}])
-    command = UpdateWidget(changes=changes, expected_version=_expected_version(if_match))
-    return await _accepted(commands, queue, settings, sku, command)
+    return await intake.submit(sku, UpdateWidget(changes=changes, expected_version=_expected_version(if_match)))
 
 
 @delete("/widgets/{sku:str}", return_dto=None, status_code=202, guards=WRITE_GUARDS)
-async def delete_widget(
-    sku: SkuPath, commands: CommandService, queue: Queue, settings: Settings, if_match: IfMatch = None
-) -> Response[CommandResource]:
+async def delete_widget(sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None) -> Response[CommandResource]:
     """Accepts a command to delete a widget."""
-    return await _accepted(commands, queue, settings, sku, DeleteWidget(expected_version=_expected_version(if_match)))
-
-
-async def _accepted(
-    commands: CommandService, queue: Queue, settings: Settings, sku: str, command: Command
-) -> Response[CommandResource]:
-    record = await submit(commands, queue, settings, sku, command)
-    return Response(CommandResource.of(record), status_code=202, headers={"Location": command_url(record.id)})
+    return await intake.submit(sku, DeleteWidget(expected_version=_expected_version(if_match)))
 
 
 def _expected_version(if_match: str | None) -> int | None:

@@ -129,7 +129,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         return [event]
 
     async def unfinished(self) -> Sequence[CommandRecord]:
-        return await self.list(CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value]))
+        return await self.get_many(CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value]))
 
 
 async def _execute(widgets: WidgetService, sku: str, command: Command) -> tuple[EventType, int, dict[str, Any]]:

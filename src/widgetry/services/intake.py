@@ -1,4 +1,4 @@
-"""Command intake: record durably, then queue. The job name is the contract the worker registers under."""
+"""Queueing accepted commands. The job name is the contract the worker registers under."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from redis.exceptions import RedisError
 if TYPE_CHECKING:
     from saq.queue import Queue
 
-    from widgetry.domain.commands import Command
-    from widgetry.domain.models import CommandRecord
-    from widgetry.services.commands import CommandService
     from widgetry.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,17 +18,13 @@ logger = logging.getLogger(__name__)
 APPLY_COMMAND = "apply_command"
 
 
-async def submit(
-    commands: CommandService, queue: Queue, settings: Settings, sku: str, command: Command
-) -> CommandRecord:
-    """Records the command (committed), then queues it. A queue that is down loses nothing: the record is the
-    source of truth, and unfinished commands are queued again when a worker starts."""
-    record = await commands.accept(sku, command)
+async def enqueue(queue: Queue, settings: Settings, command_id: UUID) -> None:
+    """Queues a recorded command. A queue that is down loses nothing: the record is the source of truth, and
+    unfinished commands are queued again when a worker starts."""
     try:
-        await dispatch(queue, settings, record.id)
+        await dispatch(queue, settings, command_id)
     except (RedisError, OSError):
-        logger.warning("command %s recorded but not queued; it will be queued on recovery", record.id, exc_info=True)
-    return record
+        logger.warning("command %s recorded but not queued; it will be queued on recovery", command_id, exc_info=True)
 
 
 async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> None:

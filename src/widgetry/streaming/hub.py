@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from litestar.response.sse import ServerSentEventMessage
 
-from widgetry.domain.events import STREAM_RESET
+from widgetry.domain.events import STREAM_RESET, EventType
 from widgetry.streaming.cursor import ORIGIN, StreamId, format_stream_id, parse_stream_id
 
 if TYPE_CHECKING:
@@ -27,19 +27,21 @@ logger = logging.getLogger(__name__)
 READ_BATCH = 500
 RECONNECT_DELAY = 1.0
 RETRY_MS = 3_000
+PROGRESS = EventType.COMMAND_PROGRESS.value
 KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
 
 
 class Entry:
     """A stream entry, its SSE message encoded once for every subscriber."""
 
-    __slots__ = ("id", "message", "sku", "type")
+    __slots__ = ("command_id", "id", "message", "sku", "type")
 
     def __init__(self, raw_id: bytes | str, fields: dict[bytes, bytes]) -> None:
         text_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
         self.id: StreamId = parse_stream_id(text_id) or ORIGIN
         self.type = fields[b"type"].decode()
         self.sku = fields[b"sku"].decode() or None
+        self.command_id = fields[b"command_id"].decode()
         self.message = ServerSentEventMessage(id=text_id, event=self.type, data=fields[b"data"]).encode()
 
 
@@ -96,6 +98,7 @@ class EventHub:
         self._buffer_size = buffer_size
         self._keepalive = keepalive
         self._subscribers: set[Subscription] = set()
+        self._finish_watchers: dict[str, asyncio.Event] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -143,8 +146,19 @@ class EventHub:
         for entry in entries:
             for subscription in self._subscribers:
                 subscription.offer(entry)
+            if entry.type != PROGRESS and (finished := self._finish_watchers.get(entry.command_id)):
+                finished.set()
         if entries:
             self._position = entries[-1].id
+
+    @contextlib.asynccontextmanager
+    async def watch_command(self, command_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set when this process's reader sees the command's outcome (any event but progress)."""
+        finished = self._finish_watchers.setdefault(command_id, asyncio.Event())
+        try:
+            yield finished
+        finally:
+            self._finish_watchers.pop(command_id, None)
 
     async def _stream_end(self) -> StreamId:
         info = await self._stream_info()

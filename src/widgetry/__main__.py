@@ -1,0 +1,3 @@
+from widgetry.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""Turning a write request into a recorded, queued command, and the command into the response."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import Annotated, Any
+
+from litestar import Response
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter
+from saq.queue import Queue
+
+from widgetry.api.schemas import CommandResource, command_url
+from widgetry.domain.commands import Command, CommandStatus
+from widgetry.domain.models import CommandRecord
+from widgetry.services.commands import CommandService
+from widgetry.services.intake import enqueue
+from widgetry.settings import Settings
+from widgetry.streaming.hub import EventHub
+
+MAX_WAIT_S = 30
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})\b", re.IGNORECASE)
+
+PreferHeader = Annotated[
+    str | None,
+    HeaderParameter(name="Prefer", description=f"`wait=<seconds>` (at most {MAX_WAIT_S}): answer with the outcome if "
+                                           "the command finishes in that time."),
+]
+
+
+class Intake:
+    """Records a command (committed before anyone is told), queues it, and answers `202 Accepted`; with
+    `Prefer: wait=N`, waits up to N seconds for the outcome and answers 200 or the command's problem instead."""
+
+    def __init__(self, commands: CommandService, queue: Queue, settings: Settings, hub: EventHub, wait: float) -> None:
+        self._commands = commands
+        self._queue = queue
+        self._settings = settings
+        self._hub = hub
+        self._wait = wait
+
+    async def submit(self, sku: str, command: Command) -> Response[Any]:
+        record = await self._commands.accept(sku, command)
+        async with self._hub.watch_command(str(record.id)) as finished:
+            await enqueue(self._queue, self._settings, record.id)
+            if self._wait:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._wait):
+                        await finished.wait()
+        if self._wait:
+            await self._commands.session.refresh(record)
+        return command_response(record)
+
+
+def command_response(record: CommandRecord) -> Response[Any]:
+    headers = {"Location": command_url(record.id)}
+    if record.status == CommandStatus.SUCCEEDED.value:
+        return Response(CommandResource.of(record), status_code=200, headers=headers)
+    if record.status == CommandStatus.FAILED.value and record.error:
+        return Response({**record.error, "command": command_url(record.id)}, status_code=record.error["status"],
+                        headers=headers, media_type="application/problem+json")
+    return Response(CommandResource.of(record), status_code=202, headers=headers)
+
+
+def provide_intake(
+    commands: NamedDependency[CommandService], queue: NamedDependency[Queue], settings: NamedDependency[Settings],
+    hub: NamedDependency[EventHub], prefer: PreferHeader = None,
+) -> Intake:
+    wait = min(int(found[1]), MAX_WAIT_S) if prefer and (found := PREFER_WAIT.search(prefer)) else 0
+    return Intake(commands, queue, settings, hub, wait)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.support import API_KEY
+from widgetry.app import create_app
+from widgetry.settings import Settings
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The embedded defaults (SQLite file in the working directory, in-process fakeredis and worker)."""
+    monkeypatch.chdir(tmp_path)
+    return Settings(api_keys=(API_KEY,))
+
+
+@pytest.fixture
+async def app(embedded_settings: Settings) -> Litestar:
+    return create_app(embedded_settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app) as test_client:
+        yield test_client

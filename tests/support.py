@@ -1,0 +1,109 @@
+"""Helpers the suites share: a live server in a subprocess, SSE collection, waiting on a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+API_KEY = "test-api-key"
+AUTH = {"X-API-Key": API_KEY}
+WAIT = {"Prefer": "wait=10"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Process:
+    """A `widgetry` command running in a subprocess, its output in a log file."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], cwd: Path, name: str) -> None:
+        self.log_path = cwd / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "widgetry", *args],
+            env={**os.environ, **env}, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+class Server(Process):
+    """`widgetry run` on a free port, started and ready (`/health` answers)."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, name: str = "web") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["run", "--port", str(self.port)], env, cwd, name)
+        wait_until(self._healthy, 60, f"{name} to answer /health\n{self.output}")
+
+    def _healthy(self) -> bool:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"server exited with {self.popen.returncode}:\n{self.output}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+async def collect_events(
+    url: str, count: int, *, headers: dict[str, str] | None = None, params: Any = None, timeout: float = 15,
+    started: asyncio.Event | None = None,
+) -> list[ServerSentEvent]:
+    """The first `count` events of an SSE stream (comments and empty phantom events skipped)."""
+    events: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, read=timeout)) as client:
+        async with asyncio.timeout(timeout):
+            async with aconnect_sse(client, "GET", url, headers=headers, params=params) as source:
+                source.response.raise_for_status()
+                if started is not None:
+                    started.set()
+                async for event in source.aiter_sse():
+                    if event.data:
+                        events.append(event)
+                    if len(events) >= count:
+                        return events
+    return events
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,164 @@
+"""Each command type, applied by the in-process worker: the row, the command's status, exactly one event."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.support import AUTH, WAIT
+from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
+
+PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
+SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
+
+
+async def create(client: AsyncTestClient[Litestar], body: dict = SPROCKET) -> dict:
+    response = await client.post("/widgets", json=body, headers=AUTH | WAIT)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_create_is_accepted_with_location_then_applied_by_the_worker(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    accepted = await client.post("/widgets", json=SPROCKET, headers=AUTH)
+
+    assert accepted.status_code == 202
+    command = accepted.json()
+    assert accepted.headers["location"] == f"/commands/{command['id']}"
+    assert command["type"] == "create_widget"
+    assert command["sku"] == "SPR-1"
+    assert command["links"] == {"self": f"/commands/{command['id']}", "widget": "/widgets/SPR-1"}
+
+    done = await client.get(f"/commands/{command['id']}", headers=WAIT)
+    finished = await client.post("/widgets", json=SPROCKET | {"sku": "SPR-2"}, headers=AUTH | WAIT)
+    assert finished.status_code == 200, finished.text
+    assert done.status_code == 200
+    status = (await client.get(f"/commands/{command['id']}")).json()
+    assert status["status"] == "succeeded"
+    assert status["finished_at"] is not None
+    row = await widget_row(app, "SPR-1")
+    assert row is not None
+    assert (row.name, row.price_cents, row.internal_notes, row.version) == ("Sprocket", 1999, "supplier: Acme", 1)
+
+
+async def test_create_writes_one_widget_created_event_in_the_public_shape(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    command = await create(client)
+
+    events = await stream(app)
+    assert [e["type"] for e in events] == ["widget.created"]
+    event = events[0]
+    assert event["command_id"] == command["id"]
+    assert (event["sku"], event["version"]) == ("SPR-1", 1)
+    assert set(event["data"]) == PUBLIC_FIELDS
+    assert event["data"]["name"] == "Sprocket"
+    assert [row.event_id.hex for row in await outbox(app)] == [event["event_id"].replace("-", "")]
+    assert all(row.stream_id for row in await outbox(app))
+
+
+async def test_update_changes_only_the_given_fields_and_bumps_the_version(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    await create(client)
+
+    response = await client.patch("/widgets/SPR-1", json={"price_cents": 2500}, headers=AUTH | WAIT)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "succeeded"
+    row = await widget_row(app, "SPR-1")
+    assert (row.name, row.price_cents, row.internal_notes, row.version) == ("Sprocket", 2500, "supplier: Acme", 2)
+    events = await stream(app)
+    assert [(e["type"], e["version"]) for e in events] == [("widget.created", 1), ("widget.updated", 2)]
+    assert events[1]["data"]["price_cents"] == 2500
+    assert events[1]["command_id"] == response.json()["id"]
+
+
+async def test_delete_removes_the_row_and_emits_widget_deleted(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    await create(client)
+
+    response = await client.delete("/widgets/SPR-1", headers=AUTH | WAIT)
+
+    assert response.status_code == 200, response.text
+    assert await widget_row(app, "SPR-1") is None
+    assert (await client.get("/widgets/SPR-1")).status_code == 404
+    deleted = (await stream(app))[-1]
+    assert (deleted["type"], deleted["sku"], deleted["version"], deleted["data"]) == (
+        "widget.deleted", "SPR-1", 2, {"sku": "SPR-1"}
+    )
+
+
+async def test_creating_an_existing_sku_fails_with_widget_exists(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    await create(client)
+
+    response = await client.post("/widgets", json=SPROCKET | {"name": "Other"}, headers=AUTH | WAIT)
+
+    assert response.status_code == 409
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["type"].endswith("/widget-exists")
+    assert problem["status"] == 409
+    command = (await client.get(response.headers["location"])).json()
+    assert command["status"] == "failed"
+    assert command["error"]["type"].endswith("/widget-exists")
+    assert (await widget_row(app, "SPR-1")).name == "Sprocket"
+    failed = [e for e in await stream(app) if e["command_id"] == command["id"]]
+    assert [(e["type"], e["data"]["status"]) for e in failed] == [("command.failed", "failed")]
+    assert failed[0]["data"]["error"]["type"].endswith("/widget-exists")
+
+
+async def test_changing_a_missing_widget_fails_with_widget_not_found(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    patched = await client.patch("/widgets/NOPE", json={"name": "x"}, headers=AUTH | WAIT)
+    deleted = await client.delete("/widgets/NOPE", headers=AUTH | WAIT)
+
+    for response in (patched, deleted):
+        assert response.status_code == 404
+        assert response.json()["type"].endswith("/widget-not-found")
+        command = (await client.get(response.headers["location"])).json()
+        assert command["status"] == "failed"
+        assert command["error"]["type"].endswith("/widget-not-found")
+    assert [e["type"] for e in await stream(app)] == ["command.failed", "command.failed"]
+    assert await count(app, CommandRecord) == 2
+
+
+async def test_if_match_applies_only_at_that_version(client: AsyncTestClient[Litestar], app: Litestar) -> None:
+    await create(client)
+
+    stale = await client.patch("/widgets/SPR-1", json={"name": "B"}, headers=AUTH | WAIT | {"If-Match": '"7"'})
+    fresh = await client.patch("/widgets/SPR-1", json={"name": "C"}, headers=AUTH | WAIT | {"If-Match": '"1"'})
+
+    assert stale.status_code == 412
+    assert stale.json()["type"].endswith("/conflict")
+    assert fresh.status_code == 200
+    assert (await widget_row(app, "SPR-1")).name == "C"
+
+
+async def test_commands_on_one_sku_apply_in_the_order_accepted(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    await create(client)
+    for price in range(1, 21):
+        response = await client.patch("/widgets/SPR-1", json={"price_cents": price}, headers=AUTH)
+        assert response.status_code == 202
+    last = await client.patch("/widgets/SPR-1", json={"name": "Last"}, headers=AUTH | WAIT)
+
+    assert last.status_code == 200
+    row = await widget_row(app, "SPR-1")
+    assert (row.price_cents, row.name, row.version) == (20, "Last", 22)
+    updates = [e for e in await stream(app) if e["type"] == "widget.updated"]
+    assert [e["version"] for e in updates] == list(range(2, 23))
+    assert [e["data"]["price_cents"] for e in updates[:20]] == list(range(1, 21))
+
+
+async def test_unknown_command_is_404_problem(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/commands/01a21eea-94ba-779a-84aa-f8017b1178e9")
+
+    assert response.status_code == 404
+    assert response.json()["type"].endswith("/command-not-found")
