@@ -3,11 +3,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
-from tests.support import API_KEY
+from tests.support import API_KEY, running
 from widgetry.app import create_app
 from widgetry.settings import Settings
 
@@ -25,6 +25,13 @@ async def app(embedded_settings: Settings) -> Litestar:
 
 
 @pytest.fixture
-async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(app) as test_client:
-        yield test_client
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The app, its lifespan (worker, event reader) running on the test's own event loop, behind an HTTP client.
+
+    Litestar's AsyncTestClient runs the lifespan on another thread's loop, which the app's background tasks and
+    connection pools cannot share with requests served on the test's loop.
+    """
+    async with running(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://widgetry"
+    ) as http:
+        yield http

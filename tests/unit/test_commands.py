@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from tests.support import AUTH, WAIT
 from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
@@ -12,14 +12,14 @@ PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
 
 
-async def create(client: AsyncTestClient[Litestar], body: dict = SPROCKET) -> dict:
+async def create(client: httpx.AsyncClient, body: dict = SPROCKET) -> dict:
     response = await client.post("/widgets", json=body, headers=AUTH | WAIT)
     assert response.status_code == 200, response.text
     return response.json()
 
 
 async def test_create_is_accepted_with_location_then_applied_by_the_worker(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     accepted = await client.post("/widgets", json=SPROCKET, headers=AUTH)
 
@@ -43,7 +43,7 @@ async def test_create_is_accepted_with_location_then_applied_by_the_worker(
 
 
 async def test_create_writes_one_widget_created_event_in_the_public_shape(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     command = await create(client)
 
@@ -59,7 +59,7 @@ async def test_create_writes_one_widget_created_event_in_the_public_shape(
 
 
 async def test_update_changes_only_the_given_fields_and_bumps_the_version(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     await create(client)
 
@@ -76,7 +76,7 @@ async def test_update_changes_only_the_given_fields_and_bumps_the_version(
 
 
 async def test_delete_removes_the_row_and_emits_widget_deleted(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     await create(client)
 
@@ -92,7 +92,7 @@ async def test_delete_removes_the_row_and_emits_widget_deleted(
 
 
 async def test_creating_an_existing_sku_fails_with_widget_exists(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     await create(client)
 
@@ -113,7 +113,7 @@ async def test_creating_an_existing_sku_fails_with_widget_exists(
 
 
 async def test_changing_a_missing_widget_fails_with_widget_not_found(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     patched = await client.patch("/widgets/NOPE", json={"name": "x"}, headers=AUTH | WAIT)
     deleted = await client.delete("/widgets/NOPE", headers=AUTH | WAIT)
@@ -128,7 +128,7 @@ async def test_changing_a_missing_widget_fails_with_widget_not_found(
     assert await count(app, CommandRecord) == 2
 
 
-async def test_if_match_applies_only_at_that_version(client: AsyncTestClient[Litestar], app: Litestar) -> None:
+async def test_if_match_applies_only_at_that_version(client: httpx.AsyncClient, app: Litestar) -> None:
     await create(client)
 
     stale = await client.patch("/widgets/SPR-1", json={"name": "B"}, headers=AUTH | WAIT | {"If-Match": '"7"'})
@@ -141,7 +141,7 @@ async def test_if_match_applies_only_at_that_version(client: AsyncTestClient[Lit
 
 
 async def test_commands_on_one_sku_apply_in_the_order_accepted(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: httpx.AsyncClient, app: Litestar
 ) -> None:
     await create(client)
     for price in range(1, 21):
@@ -157,7 +157,7 @@ async def test_commands_on_one_sku_apply_in_the_order_accepted(
     assert [e["data"]["price_cents"] for e in updates[:20]] == list(range(1, 21))
 
 
-async def test_unknown_command_is_404_problem(client: AsyncTestClient[Litestar]) -> None:
+async def test_unknown_command_is_404_problem(client: httpx.AsyncClient) -> None:
     response = await client.get("/commands/01a21eea-94ba-779a-84aa-f8017b1178e9")
 
     assert response.status_code == 404

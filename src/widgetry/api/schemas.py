@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Generator
+from dataclasses import replace
 from datetime import datetime
-from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyDTO, SQLAlchemyDTOConfig
+from litestar.connection import ASGIConnection
+from litestar.dto._backend import DTOBackend
+from litestar.dto._codegen_backend import DTOCodegenBackend
+from litestar.dto.data_structures import DTOFieldDefinition
 from litestar.params import KwargDefinition
+from litestar.serialization import decode_json
+from litestar.typing import FieldDefinition
 
 from widgetry.domain.models import CommandRecord, Widget
 
@@ -19,41 +25,57 @@ class WidgetRead(SQLAlchemyDTO[Widget]):
     config = SQLAlchemyDTOConfig(exclude=set(Widget.PRIVATE_FIELDS))
 
 
-class WidgetCreate(SQLAlchemyDTO[Widget]):
-    config = SQLAlchemyDTOConfig(exclude=set(Widget.SERVER_FIELDS), forbid_unknown_fields=True)
+class StrictJSONBackend(DTOCodegenBackend):
+    """Decodes request bodies in msgspec's strict mode: JSON has numbers, so `"100"` is not a price.
 
-
-def partial_struct(model: type[Any], name: str, exclude: Collection[str]) -> type[msgspec.Struct]:
-    """A struct of the model's fields less `exclude`, each optional (`UNSET` when absent), with the model's rules.
-
-    Litestar's partial DTOs put a field's rules around `T | UNSET` rather than around `T`, which msgspec rejects
-    for `pattern`, `ge` and `le`; so the PATCH body is derived from the model here, rules and all.
+    Litestar's DTOs decode leniently (strings to numbers), which would accept what API.md calls a wrong type.
     """
-    hints = get_type_hints(model, include_extras=True)
-    fields = [
-        (column.key, _msgspec_rules(get_args(hints[column.key])[0]) | msgspec.UnsetType, msgspec.UNSET)
-        for column in model.__table__.columns
-        if column.key in hints and column.key not in exclude
-    ]
-    return msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True)
+
+    def parse_raw(self, raw: bytes, asgi_connection: ASGIConnection) -> Any:
+        type_decoders = asgi_connection.route_handler.resolve_type_decoders()
+        return decode_json(value=raw, target_type=self.annotation, type_decoders=type_decoders, strict=True)
 
 
-def _msgspec_rules(annotation: Any) -> Any:
-    """`Annotated[T, KwargDefinition(...)]` (also inside `| None`) -> `Annotated[T, msgspec.Meta(...)]`."""
-    if get_origin(annotation) in (Union, UnionType):
-        return Union[tuple(_msgspec_rules(arg) for arg in get_args(annotation))]  # noqa: UP007
-    if get_origin(annotation) is not Annotated:
-        return annotation
-    base, *metadata = get_args(annotation)
-    rules = {key: getattr(meta, key) for meta in metadata if isinstance(meta, KwargDefinition)
-             for key in RULES if getattr(meta, key) is not None}
-    return Annotated[base, msgspec.Meta(**rules)] if rules else base
+class WidgetWriteDTO(SQLAlchemyDTO[Widget]):
+    """Write bodies derived from the model, rules included, decoded strictly.
+
+    The rules are moved from Litestar's `KwargDefinition` onto the field's own type as `msgspec.Meta`: Litestar
+    places them around `T | UNSET` for partial DTOs, which msgspec rejects for `pattern`, `ge` and `le`.
+    """
+
+    @classmethod
+    def generate_field_definitions(cls, model_type: type[Widget]) -> Generator[DTOFieldDefinition, None, None]:
+        for field in super().generate_field_definitions(model_type):
+            rules = _msgspec_rules(field.kwarg_definition)
+            if rules:
+                field = replace(field, annotation=Annotated[field.annotation, msgspec.Meta(**rules)],  # noqa: PLW2901
+                                kwarg_definition=None, passthrough_constraints=False)
+            yield field
+
+    @classmethod
+    def create_for_field_definition(
+        cls, field_definition: FieldDefinition, handler_id: str, backend_cls: type[DTOBackend] | None = None
+    ) -> None:
+        super().create_for_field_definition(field_definition, handler_id, backend_cls or StrictJSONBackend)
+
+
+def _msgspec_rules(definition: object) -> dict[str, Any]:
+    if not isinstance(definition, KwargDefinition):
+        return {}
+    return {rule: value for rule in RULES if (value := getattr(definition, rule)) is not None}
 
 
 RULES = ("pattern", "ge", "gt", "le", "lt", "min_length", "max_length")
 
-WidgetChanges = partial_struct(Widget, "WidgetChanges", exclude=Widget.SERVER_FIELDS | {"sku"})
-"""The PATCH body: any subset of the widget's client-set fields but `sku` (which is in the path)."""
+
+class WidgetCreate(WidgetWriteDTO):
+    config = SQLAlchemyDTOConfig(exclude=set(Widget.SERVER_FIELDS), forbid_unknown_fields=True)
+
+
+class WidgetPatch(WidgetWriteDTO):
+    """Any subset of the client-set fields but `sku`, which is in the path."""
+
+    config = SQLAlchemyDTOConfig(exclude=set(Widget.SERVER_FIELDS | {"sku"}), partial=True, forbid_unknown_fields=True)
 
 
 class CommandLinks(msgspec.Struct, frozen=True):

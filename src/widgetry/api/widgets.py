@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import msgspec
-
 from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.service import OffsetPagination
 from litestar import Response, delete, get, patch, post
@@ -18,7 +16,7 @@ from widgetry.api.dependencies import provide_widget_filters
 from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.security import api_key_guard
 from widgetry.api.intake import Intake
-from widgetry.api.schemas import CommandResource, WidgetChanges, WidgetCreate, WidgetRead
+from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch, WidgetRead
 from widgetry.domain.commands import CreateWidget, DeleteWidget, UpdateWidget
 from widgetry.domain.models import SKU_PATTERN, Widget
 from widgetry.domain.problems import WidgetNotFound
@@ -58,12 +56,12 @@ async def create_widget(data: JSONBody[DTOData[Widget]], intake: NamedDependency
     return await intake.submit(sku, CreateWidget(values=values))
 
 
-@patch("/widgets/{sku:str}", status_code=202, guards=WRITE_GUARDS)
+@patch("/widgets/{sku:str}", dto=WidgetPatch, return_dto=None, status_code=202, guards=WRITE_GUARDS)
 async def update_widget(
-    data: JSONBody[WidgetChanges], sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None  # type: ignore[valid-type]
+    data: JSONBody[DTOData[Widget]], sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None
 ) -> Response[CommandResource]:
     """Accepts a partial update: any non-empty subset of `name`, `price_cents`, `internal_notes`."""
-    changes = {key: value for key, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
+    changes = data.as_builtins()
     if not changes:
         raise invalid("A PATCH must change at least one field.",
                       [{"name": "body", "reason": "empty: give at least one field to change"}])

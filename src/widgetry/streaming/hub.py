@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 READ_BATCH = 500
+READ_BLOCK_MS = 500
 RECONNECT_DELAY = 1.0
 RETRY_MS = 3_000
 PROGRESS = EventType.COMMAND_PROGRESS.value
@@ -101,6 +102,7 @@ class EventHub:
         self._finish_watchers: dict[str, asyncio.Event] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._ready = asyncio.Event()
 
     @property
@@ -111,8 +113,14 @@ class EventHub:
         self._task = asyncio.create_task(self._read_forever(), name="widgetry-event-hub")
 
     async def stop(self) -> None:
+        """Ends the reader between reads rather than cancelling one: a cancelled blocking XREAD can leave
+        fakeredis's connection waiting for a reply that never comes."""
         self.close_subscribers()
+        self._stopping = True
         if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READ_BLOCK_MS / 1000 + 1):
+                    await asyncio.shield(self._task)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -124,13 +132,13 @@ class EventHub:
             subscription.close()
 
     async def _read_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if self._position is None:
                     self._position = await self._stream_end()
                     self._ready.set()
                 response = await self._redis.xread(
-                    {self._stream: format_stream_id(self._position)}, count=READ_BATCH, block=5_000
+                    {self._stream: format_stream_id(self._position)}, count=READ_BATCH, block=READ_BLOCK_MS
                 )
             except asyncio.CancelledError:
                 raise

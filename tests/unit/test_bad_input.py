@@ -1,0 +1,153 @@
+"""Input that is invalid on its face is refused at once with a problem, and nothing is recorded or queued."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import httpx
+from litestar import Litestar
+
+from tests.support import API_KEY, AUTH
+from tests.unit.state import CommandRecord, count, queued_jobs
+
+GOOD = {"sku": "W-1", "name": "Widget", "price_cents": 100}
+
+BAD_CREATES = {
+    "price as a string": ({**GOOD, "price_cents": "100"}, 422, "price_cents"),
+    "price as a float": ({**GOOD, "price_cents": 1.5}, 422, "price_cents"),
+    "missing price": ({"sku": "W-1", "name": "Widget"}, 422, "body"),
+    "missing sku": ({"name": "Widget", "price_cents": 1}, 422, "body"),
+    "negative price": ({**GOOD, "price_cents": -1}, 422, "price_cents"),
+    "price above 10^12": ({**GOOD, "price_cents": 10**12 + 1}, 422, "price_cents"),
+    "sku starting with a dash": ({**GOOD, "sku": "-W"}, 422, "sku"),
+    "sku with a space": ({**GOOD, "sku": "W 1"}, 422, "sku"),
+    "sku with a trailing newline": ({**GOOD, "sku": "W-1\n"}, 422, "sku"),
+    "sku of 65 characters": ({**GOOD, "sku": "W" * 65}, 422, "sku"),
+    "blank name": ({**GOOD, "name": "   "}, 422, "name"),
+    "name of 201 characters": ({**GOOD, "name": "n" * 201}, 422, "name"),
+    "notes of 10,001 characters": ({**GOOD, "internal_notes": "x" * 10_001}, 422, "internal_notes"),
+    "unknown field": ({**GOOD, "colour": "red"}, 422, "body"),
+    "client-set version": ({**GOOD, "version": 5}, 422, "body"),
+    "array body": ([GOOD], 422, "body"),
+}
+
+
+def assert_problem(response, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert {"type", "title", "status", "detail"} <= problem.keys()
+    assert problem["status"] == status
+    return problem
+
+
+async def assert_nothing_happened(app: Litestar) -> None:
+    assert await count(app, CommandRecord) == 0
+    assert await queued_jobs(app) == 0
+
+
+@pytest.mark.parametrize(("body", "status", "param"), BAD_CREATES.values(), ids=BAD_CREATES.keys())
+async def test_invalid_create_is_refused_with_invalid_params(
+    client: httpx.AsyncClient, app: Litestar, body: object, status: int, param: str
+) -> None:
+    response = await client.post("/widgets", json=body, headers=AUTH)
+
+    problem = assert_problem(response, status)
+    assert problem["type"].endswith("/invalid")
+    assert [p["name"] for p in problem["invalid_params"]] == [param]
+    assert all(p["reason"] for p in problem["invalid_params"])
+    await assert_nothing_happened(app)
+
+
+async def test_a_body_that_is_not_json_is_400(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post("/widgets", content=b"sku=W-1", headers=AUTH | {"Content-Type": "application/json"})
+
+    assert_problem(response, 400)
+    await assert_nothing_happened(app)
+
+
+BAD_PATCHES = {
+    "empty object": ({}, "body"),
+    "unknown field": ({"colour": "red"}, "body"),
+    "sku in the body": ({"sku": "OTHER"}, "body"),
+    "null name": ({"name": None}, "name"),
+    "blank name": ({"name": " "}, "name"),
+    "negative price": ({"price_cents": -5}, "price_cents"),
+    "long notes": ({"internal_notes": "x" * 10_001}, "internal_notes"),
+}
+
+
+@pytest.mark.parametrize(("body", "param"), BAD_PATCHES.values(), ids=BAD_PATCHES.keys())
+async def test_invalid_patch_is_refused(
+    client: httpx.AsyncClient, app: Litestar, body: object, param: str
+) -> None:
+    response = await client.patch("/widgets/W-1", json=body, headers=AUTH)
+
+    problem = assert_problem(response, 422)
+    assert [p["name"] for p in problem["invalid_params"]] == [param]
+    await assert_nothing_happened(app)
+
+
+@pytest.mark.parametrize("if_match", ["abc", '"v1"', '"-1"', ""])
+async def test_a_malformed_if_match_is_400(client: httpx.AsyncClient, app: Litestar, if_match: str) -> None:
+    response = await client.delete("/widgets/W-1", headers=AUTH | {"If-Match": if_match})
+
+    assert_problem(response, 400)
+    await assert_nothing_happened(app)
+
+
+@pytest.mark.parametrize("path", ["/widgets/-bad", "/widgets/" + "x" * 65])
+async def test_a_bad_sku_in_the_path_is_refused(client: httpx.AsyncClient, app: Litestar, path: str) -> None:
+    assert_problem(await client.patch(path, json={"name": "x"}, headers=AUTH), 422)
+    assert_problem(await client.delete(path, headers=AUTH), 422)
+    await assert_nothing_happened(app)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
+     {"X-API-Key": ""}],
+    ids=["missing", "wrong x-api-key", "wrong bearer", "not bearer", "empty"],
+)
+async def test_writes_without_a_valid_key_are_401(
+    client: httpx.AsyncClient, app: Litestar, headers: dict[str, str]
+) -> None:
+    for response in (
+        await client.post("/widgets", json=GOOD, headers=headers),
+        await client.patch("/widgets/W-1", json={"name": "x"}, headers=headers),
+        await client.delete("/widgets/W-1", headers=headers),
+    ):
+        problem = assert_problem(response, 401)
+        assert problem["type"].endswith("/unauthorized")
+    await assert_nothing_happened(app)
+
+
+async def test_bearer_key_is_accepted_like_x_api_key(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post("/widgets", json=GOOD, headers={"Authorization": f"Bearer {API_KEY}"})
+
+    assert response.status_code == 202
+    assert await count(app, CommandRecord) == 1
+
+
+async def test_a_body_over_one_mebibyte_is_413(client: httpx.AsyncClient, app: Litestar) -> None:
+    body = json.dumps({**GOOD, "internal_notes": "x" * (1024 * 1024)})
+
+    response = await client.post("/widgets", content=body, headers=AUTH | {"Content-Type": "application/json"})
+
+    assert_problem(response, 413)
+    await assert_nothing_happened(app)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/widgets?limit=0", 422), ("/widgets?limit=501", 422), ("/widgets?offset=-1", 422),
+     ("/widgets?order_by=internal_notes", 422), ("/widgets?sort=sideways", 422), ("/events?types=widget.exploded", 422),
+     ("/commands/not-a-uuid", 404), ("/nowhere", 404)],
+)
+async def test_bad_reads_are_problems_too(client: httpx.AsyncClient, path: str, status: int) -> None:
+    assert_problem(await client.get(path), status)
+
+
+async def test_an_unsupported_method_is_405_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.put("/widgets", json=GOOD, headers=AUTH), 405)
