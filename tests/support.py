@@ -91,7 +91,7 @@ async def collect_events(
     events: list[ServerSentEvent] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, read=timeout)) as client:
         async with asyncio.timeout(timeout):
-            async with aconnect_sse(client, "GET", url, headers=headers, params=params) as source:
+            async with aconnect_sse(client, "GET", url, headers=dict(headers or {}), params=params) as source:
                 source.response.raise_for_status()
                 if started is not None:
                     started.set()
