@@ -1,0 +1,126 @@
+"""The per-process stream reader and its subscribers, on an in-process fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
+
+from widgetry.streaming.hub import EventHub, Filter
+
+STREAM = "test:events"
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[FakeRedis]:
+    client = FakeRedis(server=FakeServer())
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def hub(redis: FakeRedis) -> AsyncIterator[EventHub]:
+    events = EventHub(redis, STREAM, buffer_size=3, keepalive=0.1)
+    await events.start()
+    yield events
+    await events.stop()
+
+
+async def add(redis: FakeRedis, count: int, sku: str = "S", maxlen: int | None = None) -> list[str]:
+    ids = []
+    for n in range(count):
+        fields = {"type": "widget.updated", "sku": sku, "command_id": f"c{n}", "data": f'{{"n":{n}}}'}
+        ids.append((await redis.xadd(STREAM, fields, maxlen=maxlen, approximate=False)).decode())
+    return ids
+
+
+def parse(chunk: bytes) -> tuple[str | None, str | None]:
+    """(id, event) of one SSE message; (None, None) for the retry line and keepalive comments."""
+    fields = dict(line.split(": ", 1) for line in chunk.decode().splitlines() if ": " in line and line[0] != ":")
+    return fields.get("id"), fields.get("event")
+
+
+async def take(stream: AsyncIterator[bytes], count: int) -> list[tuple[str | None, str | None]]:
+    taken: list[tuple[str | None, str | None]] = []
+    async with asyncio.timeout(5):
+        async for chunk in stream:
+            message = parse(chunk)
+            if message != (None, None):
+                taken.append(message)
+            if len(taken) == count:
+                return taken
+    return taken
+
+
+async def test_replay_after_a_cursor_then_live_without_gap_or_duplicate(hub: EventHub, redis: FakeRedis) -> None:
+    before = await add(redis, 5)
+    stream = hub.subscribe(Filter(), before[1])
+    replayed = await take(stream, 3)
+    live_ids = await add(redis, 2)
+
+    assert [i for i, _ in replayed] == before[2:]
+    assert [i for i, _ in await take(stream, 2)] == live_ids
+    await stream.aclose()
+    assert hub.subscriber_count == 0
+
+
+async def test_resume_while_events_keep_arriving_is_exact(hub: EventHub, redis: FakeRedis) -> None:
+    first = await add(redis, 3)
+    writer = asyncio.create_task(add(redis, 40))
+    stream = hub.subscribe(Filter(), first[0])
+    received = [i for i, _ in await take(stream, 42)]
+    written = await writer
+
+    assert received == first[1:] + written
+    await stream.aclose()
+
+
+async def test_a_subscriber_that_falls_behind_is_closed_and_resumes_by_id(hub: EventHub, redis: FakeRedis) -> None:
+    stream = hub.subscribe(Filter(), None)
+    assert await anext(stream) == b"retry: 3000\r\n\r\n"
+    written = await add(redis, 6)  # the buffer holds 3, and nothing is read from it meanwhile
+
+    async with asyncio.timeout(5):  # the stream ends by itself once it has sent what it buffered
+        delivered = [message_id async for chunk in stream if (message_id := parse(chunk)[0])]
+    resumed = await take(hub.subscribe(Filter(), delivered[-1]), len(written) - len(delivered))
+
+    assert delivered == written[:3]
+    assert [i for i, _ in resumed] == written[3:]
+
+
+async def test_a_cursor_older_than_the_stream_keeps_gets_stream_reset(hub: EventHub, redis: FakeRedis) -> None:
+    trimmed = await add(redis, 5, maxlen=2)
+
+    old = await take(hub.subscribe(Filter(), trimmed[0]), 1)
+    kept = await take(hub.subscribe(Filter(), trimmed[3]), 1)
+
+    assert old == [(None, "stream.reset")]
+    assert kept == [(trimmed[4], "widget.updated")]
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "1-2-3", "", "99999999999999-0"])
+async def test_an_unknown_cursor_gets_stream_reset(hub: EventHub, redis: FakeRedis, cursor: str) -> None:
+    await add(redis, 1)
+
+    assert await take(hub.subscribe(Filter(), cursor), 1) == [(None, "stream.reset")]
+
+
+async def test_filters_select_by_sku_and_type(hub: EventHub, redis: FakeRedis) -> None:
+    stream = hub.subscribe(Filter(skus=["B"], types=["widget.updated"]), "0-0")
+    await add(redis, 2, sku="A")
+    wanted = await add(redis, 1, sku="B")
+
+    assert [i for i, _ in await take(stream, 1)] == wanted
+    await stream.aclose()
+
+
+async def test_idle_subscribers_get_keepalive_comments(hub: EventHub) -> None:
+    stream = hub.subscribe(Filter(), None)
+
+    chunks = [await anext(stream) for _ in range(3)]
+
+    assert chunks[1:] == [b": ping\r\n\r\n", b": ping\r\n\r\n"]
+    await stream.aclose()
