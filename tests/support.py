@@ -42,6 +42,7 @@ class Process:
     """A `widgetry` command running in a subprocess, its output in a log file."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], cwd: Path, name: str) -> None:
+        self.env = dict(env)
         self.log_path = cwd / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(  # noqa: S603 - our own CLI
@@ -68,10 +69,10 @@ class Process:
 class Server(Process):
     """`widgetry run` on a free port, started and ready (`/health` answers)."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, name: str = "web") -> None:
+    def __init__(self, env: Mapping[str, str], cwd: Path, name: str = "web", args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["run", "--port", str(self.port)], env, cwd, name)
+        super().__init__([*(args or ["run"]), "--host", "127.0.0.1", "--port", str(self.port)], env, cwd, name)
         wait_until(self._healthy, 60, f"{name} to answer /health\n{self.output}")
 
     def _healthy(self) -> bool:

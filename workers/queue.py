@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
@@ -87,6 +89,8 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
             queue_configs=[
                 QueueConfig(
                     name=queue.name,
+                    # Named after the host, so a container's health check can find its own workers' heartbeats.
+                    id=f"{socket.gethostname()}-{os.getpid()}",
                     broker_instance=connections.redis,
                     tasks=[(APPLY_COMMAND, apply_command)],
                     concurrency=settings.worker_concurrency,

@@ -60,7 +60,6 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
                   help="Jobs each worker process runs at once [default: WIDGETRY_WORKER_CONCURRENCY or 10].")
     @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Worker processes to start.")
-    @click.pass_context
     def run_workers(ctx: click.Context, app: Litestar, concurrency: int | None, processes: int) -> None:
         if app.state.settings.embedded_redis:
             raise click.UsageError("External workers need a shared Redis: set REDIS_URL (and DATABASE_URL).")

@@ -1,0 +1,13 @@
+FROM python:3.11-slim
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY workers ./workers
+COPY migrations ./migrations
+RUN pip install --no-cache-dir . && useradd --create-home widgetry
+USER widgetry
+WORKDIR /home/widgetry
+
+EXPOSE 8000
+CMD ["widgetry", "run", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,69 @@
+"""Two web processes and one external worker, started with the commands compose.yaml runs: a command POSTed to
+web A is applied by the worker and streamed to a client of web B."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.conftest import REDIS_URL
+from tests.support import API_KEY, AUTH, ROOT, WAIT, Process, Server, collect_events
+
+
+def compose_command(service: str) -> list[str]:
+    """The service's command from compose.yaml, without the leading `widgetry` (the tests run `python -m widgetry`)."""
+    command = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service]["command"]
+    assert command[0] == "widgetry"
+    return [arg for arg in command[1:] if arg not in ("--host", "0.0.0.0", "--port", "8000")]
+
+
+@pytest.fixture
+def stack(database_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Server, Process]]:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "WIDGETRY_REDIS_PREFIX": redis_prefix,
+           "WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_WORKERS": "external"}
+    worker = Process(compose_command("worker"), env, tmp_path, "worker")
+    web_a = Server(env, tmp_path, "web-a", args=compose_command("web"))
+    web_b = Server(env, tmp_path, "web-b", args=compose_command("web"))
+    yield web_a, web_b, worker
+    for process in (web_a, web_b, worker):
+        process.stop()
+
+
+async def test_a_command_posted_to_one_web_process_streams_from_another(
+    stack: tuple[Server, Server, Process],
+) -> None:
+    web_a, web_b, worker = stack
+    started = asyncio.Event()
+    watcher = asyncio.create_task(
+        collect_events(f"{web_b.url}/events", 2, params={"sku": "MP-1"}, started=started, timeout=30)
+    )
+    await asyncio.wait_for(started.wait(), 10)
+
+    async with httpx.AsyncClient(base_url=web_a.url, headers=AUTH | WAIT, timeout=30) as client:
+        created = await client.post("/widgets", json={"sku": "MP-1", "name": "Multi", "price_cents": 7})
+        patched = await client.patch("/widgets/MP-1", json={"name": "Multi II"})
+    events = await watcher
+
+    assert (created.status_code, patched.status_code) == (200, 200), worker.output
+    assert [e.event for e in events] == ["widget.created", "widget.updated"]
+    assert [json.loads(e.data)["command_id"] for e in events] == [created.json()["id"], patched.json()["id"]]
+    async with httpx.AsyncClient(base_url=web_b.url) as client:
+        assert (await client.get("/widgets/MP-1")).json()["name"] == "Multi II"
+    assert "apply_command" in worker.output
+    assert run_health_check("worker", worker.env).returncode == 0, worker.output
+
+
+def run_health_check(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """The service's compose health check, run here against the local processes."""
+    kind, *command = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service]["healthcheck"]["test"]
+    assert kind == "CMD" and command[0] == "python"
+    return subprocess.run([sys.executable, *command[1:]], env={**os.environ, **env}, capture_output=True, timeout=30)  # noqa: S603
