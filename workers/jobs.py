@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -45,6 +46,16 @@ async def publish(connections: Connections, events: list[EventRecord]) -> None:
     stream_ids = await connections.publisher.publish(events)
     async with connections.alchemy.get_session() as session:
         await EventService(session=session).mark_published(events, stream_ids)
+
+
+async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
+    """Forgets finished commands and published events older than the retention period (a cron job)."""
+    connections: Connections = ctx["connections"]
+    cutoff = datetime.now(UTC) - timedelta(days=connections.settings.command_retention_days)
+    async with connections.alchemy.get_session() as session:
+        commands = await CommandService(session=session).purge_finished_before(cutoff)
+        events = await EventService(session=session).purge_published_before(cutoff)
+    return {"commands": commands, "events": events}
 
 
 def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:

@@ -9,12 +9,12 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
-from litestar_saq import QueueConfig, SAQConfig, SAQPlugin
+from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from saq.queue.redis import RedisQueue
 
 from widgetry.services.intake import APPLY_COMMAND
 from widgetry.settings import WorkerMode
-from workers.jobs import apply_command, startup_hook
+from workers.jobs import apply_command, purge_expired, startup_hook
 
 if TYPE_CHECKING:
     from saq.job import Job
@@ -38,6 +38,9 @@ class EmbeddedRedisQueue(RedisQueue):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._wakeup = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}<in-process fakeredis, name={self.name!r}>"
 
     async def version(self) -> tuple[int, ...]:
         return (7, 0, 0)
@@ -83,7 +86,7 @@ def build_queue(connections: Connections) -> RedisQueue:
 def saq_plugin(connections: Connections) -> SAQPlugin:
     settings = connections.settings
     queue = build_queue(connections)
-    return SAQPlugin(
+    plugin = SAQPlugin(
         SAQConfig(
             queue_instances={queue.name: queue},
             queue_configs=[
@@ -93,6 +96,7 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     id=f"{socket.gethostname()}-{os.getpid()}",
                     broker_instance=connections.redis,
                     tasks=[(APPLY_COMMAND, apply_command)],
+                    scheduled_tasks=[CronJob(function=purge_expired, cron="17 * * * *", timeout=300)],
                     concurrency=settings.worker_concurrency,
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
                     startup=[startup_hook(connections)],
@@ -105,3 +109,8 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
             ],
         )
     )
+    for worker in plugin.get_workers().values():
+        # litestar-saq starts a heartbeat thread for its `monitored_job` decorator, which no job here uses, and
+        # that thread logs a crash on every shutdown; QueueConfig has no option to leave it off.
+        worker._enable_heartbeat_manager = False  # noqa: SLF001
+    return plugin

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from widgetry.domain.commands import (
@@ -127,6 +127,12 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         self.session.add(event)
         await self.session.commit()
         return [event]
+
+    async def purge_finished_before(self, cutoff: datetime) -> int:
+        """Forgets commands that finished before `cutoff` (they are kept for the retention period, not forever)."""
+        result = await self.session.execute(delete(CommandRecord).where(CommandRecord.finished_at < cutoff))
+        await self.session.commit()
+        return result.rowcount
 
     async def unfinished(self) -> Sequence[CommandRecord]:
         return await self.get_many(CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value]))
