@@ -1,18 +1,17 @@
 import asyncio
 from typing import TYPE_CHECKING, cast
 
+from advanced_alchemy.base import metadata_registry
+from alembic import context
 from alembic.autogenerate import rewriter
 from sqlalchemy import pool
 from sqlalchemy.ext.asyncio import AsyncEngine, async_engine_from_config
 
 import widgetry.domain.models  # noqa: F401 - registers the tables on the metadata
-from advanced_alchemy.base import metadata_registry
-from alembic import context
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from advanced_alchemy.alembic.commands import AlembicCommandConfig
+    from sqlalchemy.engine import Connection
 
 __all__ = ("do_run_migrations", "run_migrations_offline", "run_migrations_online")
 
@@ -93,10 +92,8 @@ async def run_migrations_online() -> None:
         ),
     )
     if connectable is None:  # pyright: ignore[reportUnnecessaryComparison]
-        msg = "Could not get engine from config.  Please ensure your `alembic.ini` according to the official Alembic documentation."
-        raise RuntimeError(
-            msg,
-        )
+        msg = "Could not get an engine from the configuration: set DATABASE_URL."
+        raise RuntimeError(msg)
 
     async with connectable.connect() as connection:
         await connection.run_sync(do_run_migrations)

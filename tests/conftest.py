@@ -31,7 +31,8 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     Litestar's AsyncTestClient runs the lifespan on another thread's loop, which the app's background tasks and
     connection pools cannot share with requests served on the test's loop.
     """
-    async with running(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://widgetry"
-    ) as http:
+    async with (
+        running(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://widgetry") as http,
+    ):
         yield http

@@ -47,7 +47,10 @@ class Process:
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "widgetry", *args],
-            env={**os.environ, **env}, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -85,7 +88,12 @@ class Server(Process):
 
 
 async def collect_events(
-    url: str, count: int, *, headers: dict[str, str] | None = None, params: Any = None, timeout: float = 15,
+    url: str,
+    count: int,
+    *,
+    headers: dict[str, str] | None = None,
+    params: Any = None,
+    timeout: float = 15,
     started: asyncio.Event | None = None,
 ) -> list[ServerSentEvent]:
     """The first `count` events of an SSE stream (comments and empty phantom events skipped)."""

@@ -10,8 +10,8 @@ from uuid import UUID
 
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
-from widgetry.services.intake import dispatch
 from widgetry.services.events import EventService
+from widgetry.services.intake import dispatch
 
 if TYPE_CHECKING:
     from saq.queue import Queue

@@ -1,7 +1,7 @@
 """widgets, command records and the event outbox
 
 Revision ID: 2f55d47303b0
-Revises: 
+Revises:
 Create Date: 2026-11-27 21:32:44.009070
 
 """

@@ -8,13 +8,12 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 import anyio
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
-from advanced_alchemy.extensions.litestar import AlembicCommands
+from advanced_alchemy.extensions.litestar import AlembicCommands, SQLAlchemyPlugin
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar_saq import SAQPlugin
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar_saq import SAQPlugin
 
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
@@ -37,18 +36,32 @@ MAX_BODY_BYTES = 1024 * 1024
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     connections = Connections.build(settings)
-    hub = EventHub(connections.redis, settings.events_stream, buffer_size=settings.subscriber_queue_size,
-                   keepalive=settings.keepalive_seconds)
+    hub = EventHub(
+        connections.redis,
+        settings.events_stream,
+        buffer_size=settings.subscriber_queue_size,
+        keepalive=settings.keepalive_seconds,
+    )
     read_guards = [api_key_guard] if settings.protect_reads else []
     return Litestar(
         route_handlers=[
             # Reads and writes share paths (`/widgets`), and Litestar gives each path one automatic OPTIONS
             # handler, so two routers on the same paths cannot both be registered: the write handlers carry the
             # API-key guard themselves, and this router adds it to reads when the settings ask for it.
-            Router("/", guards=read_guards, route_handlers=[
-                list_widgets, get_widget, get_command, stream_events, stream_widget_events,
-                create_widget, update_widget, delete_widget,
-            ]),
+            Router(
+                "/",
+                guards=read_guards,
+                route_handlers=[
+                    list_widgets,
+                    get_widget,
+                    get_command,
+                    stream_events,
+                    stream_widget_events,
+                    create_widget,
+                    update_widget,
+                    delete_widget,
+                ],
+            ),
             Router("/", route_handlers=[health, ready]),
         ],
         dependencies=DEPENDENCIES,
@@ -58,12 +71,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             problem_details_plugin(),
             WidgetryCLIPlugin(),
         ],
-        state=State({
-            "settings": settings,
-            "connections": connections,
-            "hub": hub,
-            "api_keys": ApiKeys(settings.effective_api_keys),
-        }),
+        state=State(
+            {
+                "settings": settings,
+                "connections": connections,
+                "hub": hub,
+                "api_keys": ApiKeys(settings.effective_api_keys),
+            }
+        ),
         lifespan=[_lifespan],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
@@ -84,7 +99,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     if settings.uses_sqlite:
         await anyio.to_thread.run_sync(upgrade_database, settings)
     if settings.dev_key_generated:
-        print(f"widgetry: development API key for this run: {settings.effective_api_keys[0]}", flush=True)  # noqa: T201
+        print(f"widgetry: development API key for this run: {settings.effective_api_keys[0]}", flush=True)
     elif not settings.effective_api_keys:
         logger.warning("No WIDGETRY_API_KEYS set: every write will be refused with 401.")
     await app.state.hub.start()

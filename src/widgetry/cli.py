@@ -49,17 +49,23 @@ def run_command(app: Litestar, host: str, port: int, log_level: str) -> None:
             app.state.hub.close_subscribers()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+    )
     Server(config).run()
 
 
 def _workers_run_command(saq_run: click.Command) -> click.Command:
     @click.command(name="run", help="Run external worker processes (PostgreSQL/Redis deployments).")
-    @click.option("--concurrency", type=click.IntRange(min=1), default=None,
-                  help="Jobs each worker process runs at once [default: WIDGETRY_WORKER_CONCURRENCY or 10].")
-    @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Worker processes to start.")
+    @click.option(
+        "--concurrency",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Jobs each worker process runs at once [default: WIDGETRY_WORKER_CONCURRENCY or 10].",
+    )
+    @click.option(
+        "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to start."
+    )
     def run_workers(ctx: click.Context, app: Litestar, concurrency: int | None, processes: int) -> None:
         if app.state.settings.embedded_redis:
             raise click.UsageError("External workers need a shared Redis: set REDIS_URL (and DATABASE_URL).")

@@ -11,14 +11,15 @@ from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
     SQLAlchemyAsyncConfig,
 )
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
+from redis.asyncio import Redis
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.streaming.publisher import EventPublisher
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from widgetry.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -32,12 +33,7 @@ def migrations_path() -> Path:
 
 def build_redis(settings: Settings) -> Redis:
     if settings.embedded_redis:
-        from fakeredis import FakeServer
-        from fakeredis.aioredis import FakeRedis
-
         return FakeRedis(server=FakeServer())
-    from redis.asyncio import Redis
-
     return Redis.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[arg-type]
 
 

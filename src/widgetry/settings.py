@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
 import msgspec
 
 
-class WorkerMode(str, Enum):
+class WorkerMode(StrEnum):
     INPROCESS = "inprocess"
     EXTERNAL = "external"
 
@@ -45,7 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
             raw = env.get(_ENV_NAMES.get(field.name, f"WIDGETRY_{field.name.upper()}"))
             if raw is None or raw == "":
                 continue
-            values[field.name] = tuple(k.strip() for k in raw.split(",") if k.strip()) if field.name == "api_keys" else raw
+            values[field.name] = (
+                tuple(k.strip() for k in raw.split(",") if k.strip()) if field.name == "api_keys" else raw
+            )
         return msgspec.convert(values, cls, strict=False)
 
     @property
@@ -64,8 +66,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     @property
     def sqlalchemy_url(self) -> str:
         url = self.database_url or f"sqlite+aiosqlite:///{Path.cwd() / 'widgetry.db'}"
-        for plain, driver in (("postgres://", "postgresql+asyncpg://"), ("postgresql://", "postgresql+asyncpg://"),
-                              ("sqlite://", "sqlite+aiosqlite://")):
+        for plain, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
             if url.startswith(plain):
                 return driver + url.removeprefix(plain)
         return url

@@ -70,8 +70,11 @@ def test_a_restart_keeps_widgets_and_finishes_commands_accepted_before_it(tmp_pa
     third = Server(env, tmp_path, "third")
     try:
         with httpx.Client(base_url=third.url) as client:
-            wait_until(lambda: client.get(patched.headers["location"]).json()["status"] == "succeeded", 15,
-                       "the command accepted before the restart to finish")
+            wait_until(
+                lambda: client.get(patched.headers["location"]).json()["status"] == "succeeded",
+                15,
+                "the command accepted before the restart to finish",
+            )
             assert client.get(created.headers["location"]).json()["status"] == "succeeded"
             kept = client.get("/widgets/KEEP").json()
             late = client.get("/widgets/LATE").json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 
@@ -16,8 +17,9 @@ async def write_lifecycle(url: str, sku: str) -> list[str]:
     """Creates, patches and deletes a widget, each applied before the next; returns the command ids."""
     async with httpx.AsyncClient(base_url=url, headers=AUTH | WAIT) as client:
         responses = [
-            await client.post("/widgets", json={"sku": sku, "name": "Gear", "price_cents": 500,
-                                                "internal_notes": "secret"}),
+            await client.post(
+                "/widgets", json={"sku": sku, "name": "Gear", "price_cents": 500, "internal_notes": "secret"}
+            ),
             await client.patch(f"/widgets/{sku}", json={"price_cents": 650}),
             await client.delete(f"/widgets/{sku}"),
         ]
@@ -94,7 +96,9 @@ async def test_a_resumed_stream_goes_live_without_repeating_what_it_replayed(ser
 async def test_a_garbage_cursor_gets_stream_reset_then_live_events(server: Server) -> None:
     async def create() -> None:
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH | WAIT) as client:
-            assert (await client.post("/widgets", json={"sku": "E2E-4", "name": "x", "price_cents": 1})).status_code == 200
+            assert (
+                await client.post("/widgets", json={"sku": "E2E-4", "name": "x", "price_cents": 1})
+            ).status_code == 200
 
     events, _ = await watch_while(
         f"{server.url}/events", 2, create, headers={"Last-Event-ID": "not-a-cursor"}, params={"sku": "E2E-4"}
@@ -112,25 +116,26 @@ async def test_a_cursor_from_the_future_is_unknown_and_gets_stream_reset(server:
 
 async def test_widget_stream_and_type_filter_select_events(server: Server) -> None:
     events, _ = await watch_while(
-        f"{server.url}/widgets/E2E-5/events", 1, lambda: write_lifecycle(server.url, "E2E-5"),
+        f"{server.url}/widgets/E2E-5/events",
+        1,
+        lambda: write_lifecycle(server.url, "E2E-5"),
         params={"types": "widget.updated"},
     )
 
     assert [(e.event, json.loads(e.data)["sku"]) for e in events] == [("widget.updated", "E2E-5")]
 
 
-async def test_stream_sends_retry_once_and_keepalive_comments(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_sends_retry_once_and_keepalive_comments(tmp_path: Path) -> None:
     live = Server({"WIDGETRY_API_KEYS": "k", "WIDGETRY_KEEPALIVE_SECONDS": "0.2"}, tmp_path)
     try:
         lines: list[str] = []
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with client.stream("GET", f"{live.url}/events") as response:
-                assert response.headers["content-type"].startswith("text/event-stream")
-                assert response.headers["cache-control"] == "no-cache"
-                async for line in response.aiter_lines():
-                    lines.append(line)
-                    if lines.count(": ping") >= 2:
-                        break
+        async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", f"{live.url}/events") as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if lines.count(": ping") >= 2:
+                    break
     finally:
         live.stop()
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -37,7 +38,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh database for this run, migrated with the same command compose's `migrate` service runs."""
-    import asyncio
 
     name = f"widgetry_test_{uuid.uuid4().hex[:12]}"
 
@@ -50,9 +50,12 @@ def database_url() -> Iterator[str]:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [sys.executable, "-m", "widgetry", "database", "upgrade", "--no-prompt"],
-        env={**os.environ, "DATABASE_URL": url, "REDIS_URL": REDIS_URL}, cwd=ROOT, check=True, capture_output=True,
+        env={**os.environ, "DATABASE_URL": url, "REDIS_URL": REDIS_URL},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     yield url
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -23,13 +23,18 @@ def compose_command(service: str) -> list[str]:
     """The service's command from compose.yaml, without the leading `widgetry` (the tests run `python -m widgetry`)."""
     command = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service]["command"]
     assert command[0] == "widgetry"
-    return [arg for arg in command[1:] if arg not in ("--host", "0.0.0.0", "--port", "8000")]
+    return [arg for arg in command[1:] if arg not in ("--host", "0.0.0.0", "--port", "8000")]  # noqa: S104
 
 
 @pytest.fixture
 def stack(database_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Server, Process]]:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "WIDGETRY_REDIS_PREFIX": redis_prefix,
-           "WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_WORKERS": "external"}
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "WIDGETRY_REDIS_PREFIX": redis_prefix,
+        "WIDGETRY_API_KEYS": API_KEY,
+        "WIDGETRY_WORKERS": "external",
+    }
     worker = Process(compose_command("worker"), env, tmp_path, "worker")
     web_a = Server(env, tmp_path, "web-a", args=compose_command("web"))
     web_b = Server(env, tmp_path, "web-b", args=compose_command("web"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import httpx
+import pytest
 from litestar import Litestar
 
 from tests.support import API_KEY, AUTH
@@ -79,9 +79,7 @@ BAD_PATCHES = {
 
 
 @pytest.mark.parametrize(("body", "param"), BAD_PATCHES.values(), ids=BAD_PATCHES.keys())
-async def test_invalid_patch_is_refused(
-    client: httpx.AsyncClient, app: Litestar, body: object, param: str
-) -> None:
+async def test_invalid_patch_is_refused(client: httpx.AsyncClient, app: Litestar, body: object, param: str) -> None:
     response = await client.patch("/widgets/W-1", json=body, headers=AUTH)
 
     problem = assert_problem(response, 422)
@@ -106,8 +104,13 @@ async def test_a_bad_sku_in_the_path_is_refused(client: httpx.AsyncClient, app: 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
-     {"X-API-Key": ""}],
+    [
+        {},
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"X-API-Key": ""},
+    ],
     ids=["missing", "wrong x-api-key", "wrong bearer", "not bearer", "empty"],
 )
 async def test_writes_without_a_valid_key_are_401(
@@ -141,9 +144,16 @@ async def test_a_body_over_one_mebibyte_is_413(client: httpx.AsyncClient, app: L
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/widgets?limit=0", 422), ("/widgets?limit=501", 422), ("/widgets?offset=-1", 422),
-     ("/widgets?order_by=internal_notes", 422), ("/widgets?sort=sideways", 422), ("/events?types=widget.exploded", 422),
-     ("/commands/not-a-uuid", 404), ("/nowhere", 404)],
+    [
+        ("/widgets?limit=0", 422),
+        ("/widgets?limit=501", 422),
+        ("/widgets?offset=-1", 422),
+        ("/widgets?order_by=internal_notes", 422),
+        ("/widgets?sort=sideways", 422),
+        ("/events?types=widget.exploded", 422),
+        ("/commands/not-a-uuid", 404),
+        ("/nowhere", 404),
+    ],
 )
 async def test_bad_reads_are_problems_too(client: httpx.AsyncClient, path: str, status: int) -> None:
     assert_problem(await client.get(path), status)

@@ -75,9 +75,7 @@ async def test_update_changes_only_the_given_fields_and_bumps_the_version(
     assert events[1]["command_id"] == response.json()["id"]
 
 
-async def test_delete_removes_the_row_and_emits_widget_deleted(
-    client: httpx.AsyncClient, app: Litestar
-) -> None:
+async def test_delete_removes_the_row_and_emits_widget_deleted(client: httpx.AsyncClient, app: Litestar) -> None:
     await create(client)
 
     response = await client.delete("/widgets/SPR-1", headers=AUTH | WAIT)
@@ -87,13 +85,14 @@ async def test_delete_removes_the_row_and_emits_widget_deleted(
     assert (await client.get("/widgets/SPR-1")).status_code == 404
     deleted = (await stream(app))[-1]
     assert (deleted["type"], deleted["sku"], deleted["version"], deleted["data"]) == (
-        "widget.deleted", "SPR-1", 2, {"sku": "SPR-1"}
+        "widget.deleted",
+        "SPR-1",
+        2,
+        {"sku": "SPR-1"},
     )
 
 
-async def test_creating_an_existing_sku_fails_with_widget_exists(
-    client: httpx.AsyncClient, app: Litestar
-) -> None:
+async def test_creating_an_existing_sku_fails_with_widget_exists(client: httpx.AsyncClient, app: Litestar) -> None:
     await create(client)
 
     response = await client.post("/widgets", json=SPROCKET | {"name": "Other"}, headers=AUTH | WAIT)
@@ -112,9 +111,7 @@ async def test_creating_an_existing_sku_fails_with_widget_exists(
     assert failed[0]["data"]["error"]["type"].endswith("/widget-exists")
 
 
-async def test_changing_a_missing_widget_fails_with_widget_not_found(
-    client: httpx.AsyncClient, app: Litestar
-) -> None:
+async def test_changing_a_missing_widget_fails_with_widget_not_found(client: httpx.AsyncClient, app: Litestar) -> None:
     patched = await client.patch("/widgets/NOPE", json={"name": "x"}, headers=AUTH | WAIT)
     deleted = await client.delete("/widgets/NOPE", headers=AUTH | WAIT)
 
@@ -140,9 +137,7 @@ async def test_if_match_applies_only_at_that_version(client: httpx.AsyncClient, 
     assert (await widget_row(app, "SPR-1")).name == "C"
 
 
-async def test_commands_on_one_sku_apply_in_the_order_accepted(
-    client: httpx.AsyncClient, app: Litestar
-) -> None:
+async def test_commands_on_one_sku_apply_in_the_order_accepted(client: httpx.AsyncClient, app: Litestar) -> None:
     await create(client)
     for price in range(1, 21):
         response = await client.patch("/widgets/SPR-1", json={"price_cents": price}, headers=AUTH)

@@ -21,7 +21,9 @@ async def test_finished_commands_older_than_retention_are_purged_with_their_publ
     new = await client.post("/widgets", json={"sku": "NEW", "name": "x", "price_cents": 1}, headers=AUTH | WAIT)
     eight_days_ago = datetime.now(UTC) - timedelta(days=8)
     async with app.state.connections.alchemy.get_session() as session:
-        await session.execute(update(CommandRecord).where(CommandRecord.sku == "OLD").values(finished_at=eight_days_ago))
+        await session.execute(
+            update(CommandRecord).where(CommandRecord.sku == "OLD").values(finished_at=eight_days_ago)
+        )
         await session.execute(update(EventRecord).where(EventRecord.sku == "OLD").values(occurred_at=eight_days_ago))
         await session.commit()
 

@@ -7,8 +7,7 @@ from typing import Annotated
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.filters import LimitOffset, OrderBy, SearchFilter, StatementFilter
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar_saq.config import TaskQueues
 from saq.queue import Queue
@@ -41,7 +40,9 @@ def provide_widget_filters(
     search: Annotated[
         str | None, QueryParameter(max_length=200, description="Case-insensitive match on sku or name.")
     ] = None,
-    order_by: Annotated[str, QueryParameter(pattern="^(" + "|".join(SORTABLE) + ")$", description="Sort field.")] = "sku",
+    order_by: Annotated[
+        str, QueryParameter(pattern="^(" + "|".join(SORTABLE) + ")$", description="Sort field.")
+    ] = "sku",
     sort: Annotated[str, QueryParameter(pattern="^(asc|desc)$", description="Sort direction.")] = "asc",
 ) -> list[StatementFilter]:
     # Advanced Alchemy's filter providers name these `currentPage`, `pageSize`, `searchString`, `sortOrder`;

@@ -27,8 +27,11 @@ EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @get("/events", media_type="text/event-stream")
 async def stream_events(
-    hub: NamedDependency[EventHub], sku: SkuFilter = None, types: TypesFilter = None,
-    last_event_id: CursorQuery = None, last_event_id_header: CursorHeader = None,
+    hub: NamedDependency[EventHub],
+    sku: SkuFilter = None,
+    types: TypesFilter = None,
+    last_event_id: CursorQuery = None,
+    last_event_id_header: CursorHeader = None,
 ) -> Stream:
     """Every event (or those of the given skus and types), live; resumes exactly after a given id."""
     return _stream(hub, Filter(sku, _event_types(types)), last_event_id_header or last_event_id)
@@ -36,8 +39,11 @@ async def stream_events(
 
 @get("/widgets/{sku:str}/events", media_type="text/event-stream")
 async def stream_widget_events(
-    hub: NamedDependency[EventHub], sku: SkuPath, types: TypesFilter = None,
-    last_event_id: CursorQuery = None, last_event_id_header: CursorHeader = None,
+    hub: NamedDependency[EventHub],
+    sku: SkuPath,
+    types: TypesFilter = None,
+    last_event_id: CursorQuery = None,
+    last_event_id_header: CursorHeader = None,
 ) -> Stream:
     """The events of one widget."""
     return _stream(hub, Filter([sku], _event_types(types)), last_event_id_header or last_event_id)

@@ -25,8 +25,11 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})\b", re.IGNORECASE)
 
 PreferHeader = Annotated[
     str | None,
-    HeaderParameter(name="Prefer", description=f"`wait=<seconds>` (at most {MAX_WAIT_S}): answer with the outcome if "
-                                           "the command finishes in that time."),
+    HeaderParameter(
+        name="Prefer",
+        description=f"`wait=<seconds>` (at most {MAX_WAIT_S}): answer with the outcome if "
+        "the command finishes in that time.",
+    ),
 ]
 
 
@@ -59,14 +62,21 @@ def command_response(record: CommandRecord) -> Response[Any]:
     if record.status == CommandStatus.SUCCEEDED.value:
         return Response(CommandResource.of(record), status_code=200, headers=headers)
     if record.status == CommandStatus.FAILED.value and record.error:
-        return Response({**record.error, "command": command_url(record.id)}, status_code=record.error["status"],
-                        headers=headers, media_type="application/problem+json")
+        return Response(
+            {**record.error, "command": command_url(record.id)},
+            status_code=record.error["status"],
+            headers=headers,
+            media_type="application/problem+json",
+        )
     return Response(CommandResource.of(record), status_code=202, headers=headers)
 
 
 def provide_intake(
-    commands: NamedDependency[CommandService], queue: NamedDependency[Queue], settings: NamedDependency[Settings],
-    hub: NamedDependency[EventHub], prefer: PreferHeader = None,
+    commands: NamedDependency[CommandService],
+    queue: NamedDependency[Queue],
+    settings: NamedDependency[Settings],
+    hub: NamedDependency[EventHub],
+    prefer: PreferHeader = None,
 ) -> Intake:
     wait = min(int(found[1]), MAX_WAIT_S) if prefer and (found := PREFER_WAIT.search(prefer)) else 0
     return Intake(commands, queue, settings, hub, wait)

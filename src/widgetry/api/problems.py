@@ -36,8 +36,15 @@ SLUGS = {
 }
 
 
-def problem_exception(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
-                      headers: dict[str, str] | None = None, **extra: Any) -> ProblemDetailsException:
+def problem_exception(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemDetailsException:
     return ProblemDetailsException(
         status_code=status,
         type_=PROBLEM_BASE + (slug or SLUGS.get(status, "error")),
@@ -61,26 +68,33 @@ def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
 def from_validation(exc: ClientException) -> ProblemDetailsException:
     """A body that is not JSON is 400; anything else that breaks a rule is 422 with `invalid_params`."""
     if exc.detail.startswith(MALFORMED):
-        return problem_exception(400, "The request body is not valid JSON.",
-                                 invalid_params=[{"name": "body", "reason": exc.detail}])
+        return problem_exception(
+            400, "The request body is not valid JSON.", invalid_params=[{"name": "body", "reason": exc.detail}]
+        )
     items = [item for item in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(item, dict)]
-    params = [{"name": str(item.get("key") or item.get("source") or "body"), "reason": str(item.get("message", ""))}
-              for item in items]
+    params = [
+        {"name": str(item.get("key") or item.get("source") or "body"), "reason": str(item.get("message", ""))}
+        for item in items
+    ]
     if not params and (found := MSGSPEC_ERROR.match(exc.detail)):
         # The DTO's msgspec decoder reports one error as text: "Expected `int`, got `str` - at `$.price_cents`".
         params = [{"name": found["path"] or "body", "reason": found["reason"]}]
-    return invalid("The request does not meet the rules of the API.", params or [{"name": "body", "reason": exc.detail}])
+    return invalid(
+        "The request does not meet the rules of the API.", params or [{"name": "body", "reason": exc.detail}]
+    )
 
 
 def from_command_failed(exc: CommandFailed) -> ProblemDetailsException:
-    return ProblemDetailsException(status_code=exc.status, type_=PROBLEM_BASE + exc.slug, title=exc.title,
-                                   detail=exc.detail)
+    return ProblemDetailsException(
+        status_code=exc.status, type_=PROBLEM_BASE + exc.slug, title=exc.title, detail=exc.detail
+    )
 
 
 def from_unavailable(exc: Exception) -> ProblemDetailsException:
     logger.warning("a backing service is unavailable: %r", exc)
-    return problem_exception(503, "A backing service (database or Redis) is unavailable; try again shortly.",
-                             headers={"Retry-After": "1"})
+    return problem_exception(
+        503, "A backing service (database or Redis) is unavailable; try again shortly.", headers={"Retry-After": "1"}
+    )
 
 
 def from_unexpected(exc: Exception) -> ProblemDetailsException:

@@ -48,8 +48,12 @@ class WidgetWriteDTO(SQLAlchemyDTO[Widget]):
         for field in super().generate_field_definitions(model_type):
             rules = _msgspec_rules(field.kwarg_definition)
             if rules:
-                field = replace(field, annotation=Annotated[field.annotation, msgspec.Meta(**rules)],  # noqa: PLW2901
-                                kwarg_definition=None, passthrough_constraints=False)
+                field = replace(
+                    field,
+                    annotation=Annotated[field.annotation, msgspec.Meta(**rules)],
+                    kwarg_definition=None,
+                    passthrough_constraints=False,
+                )
             yield field
 
     @classmethod

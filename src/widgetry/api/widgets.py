@@ -7,16 +7,15 @@ from typing import Annotated
 from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.service import OffsetPagination
 from litestar import Response, delete, get, patch, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.dto import DTOData
-from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from widgetry.api.dependencies import provide_widget_filters
-from widgetry.api.problems import invalid, problem_exception
-from widgetry.api.security import api_key_guard
 from widgetry.api.intake import Intake
+from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch, WidgetRead
+from widgetry.api.security import api_key_guard
 from widgetry.domain.commands import CreateWidget, DeleteWidget, UpdateWidget
 from widgetry.domain.models import SKU_PATTERN, Widget
 from widgetry.domain.problems import WidgetNotFound
@@ -63,13 +62,17 @@ async def update_widget(
     """Accepts a partial update: any non-empty subset of `name`, `price_cents`, `internal_notes`."""
     changes = data.as_builtins()
     if not changes:
-        raise invalid("A PATCH must change at least one field.",
-                      [{"name": "body", "reason": "empty: give at least one field to change"}])
+        raise invalid(
+            "A PATCH must change at least one field.",
+            [{"name": "body", "reason": "empty: give at least one field to change"}],
+        )
     return await intake.submit(sku, UpdateWidget(changes=changes, expected_version=_expected_version(if_match)))
 
 
 @delete("/widgets/{sku:str}", return_dto=None, status_code=202, guards=WRITE_GUARDS)
-async def delete_widget(sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None) -> Response[CommandResource]:
+async def delete_widget(
+    sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None
+) -> Response[CommandResource]:
     """Accepts a command to delete a widget."""
     return await intake.submit(sku, DeleteWidget(expected_version=_expected_version(if_match)))
 
@@ -79,6 +82,9 @@ def _expected_version(if_match: str | None) -> int | None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
     if not value.isdigit() or len(value) > 18:
-        raise problem_exception(400, 'If-Match must be a widget version in quotes, e.g. If-Match: "3".',
-                                invalid_params=[{"name": "If-Match", "reason": "not a version"}])
+        raise problem_exception(
+            400,
+            'If-Match must be a widget version in quotes, e.g. If-Match: "3".',
+            invalid_params=[{"name": "If-Match", "reason": "not a version"}],
+        )
     return int(value)

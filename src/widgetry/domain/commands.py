@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
 
-class CommandStatus(str, Enum):
+class CommandStatus(StrEnum):
     ACCEPTED = "accepted"
     RUNNING = "running"
     SUCCEEDED = "succeeded"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
 import msgspec
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     WIDGET_CREATED = "widget.created"
     WIDGET_UPDATED = "widget.updated"
     WIDGET_DELETED = "widget.deleted"

@@ -44,7 +44,7 @@ class Widget(BigIntAuditBase):
     internal_notes: Mapped[Notes] = mapped_column(Text, default="")
     version: Mapped[int] = mapped_column(default=1)
 
-    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+    __mapper_args__ = {"version_id_col": version}
 
     def public(self) -> dict[str, Any]:
         """The public shape as JSON-ready builtins (times as RFC 3339 strings), as events carry it."""
@@ -89,8 +89,12 @@ class EventRecord(BigIntBase):
 
     __tablename__ = "events"
     __table_args__ = (
-        Index("ix_events_unpublished", "id", postgresql_where=text("stream_id IS NULL"),
-              sqlite_where=text("stream_id IS NULL")),
+        Index(
+            "ix_events_unpublished",
+            "id",
+            postgresql_where=text("stream_id IS NULL"),
+            sqlite_where=text("stream_id IS NULL"),
+        ),
     )
 
     event_id: Mapped[UUID] = mapped_column(unique=True)

@@ -93,8 +93,15 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             record.status, record.error = CommandStatus.FAILED.value, failure.problem()
             event_type, version, data = EventType.COMMAND_FAILED, None, {"status": record.status, "error": record.error}
         record.finished_at = datetime.now(UTC)
-        return EventRecord(event_id=uuid4(), type=event_type.value, sku=sku, version=version,
-                           command_id=record.id, occurred_at=record.finished_at, data=data)
+        return EventRecord(
+            event_id=uuid4(),
+            type=event_type.value,
+            sku=sku,
+            version=version,
+            command_id=record.id,
+            occurred_at=record.finished_at,
+            data=data,
+        )
 
     async def _next_seq(self, sku: str) -> int:
         insert = postgresql.insert if self.session.bind.dialect.name == "postgresql" else sqlite.insert
@@ -120,10 +127,20 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         record = await self.get_one_or_none(id=command_id)
         if record is None or record.status in (CommandStatus.SUCCEEDED.value, CommandStatus.FAILED.value):
             return []
-        record.status, record.error, record.finished_at = CommandStatus.FAILED.value, failure.problem(), datetime.now(UTC)
-        event = EventRecord(event_id=uuid4(), type=EventType.COMMAND_FAILED.value, sku=record.sku, version=None,
-                            command_id=record.id, occurred_at=record.finished_at,
-                            data={"status": record.status, "error": record.error})
+        record.status, record.error, record.finished_at = (
+            CommandStatus.FAILED.value,
+            failure.problem(),
+            datetime.now(UTC),
+        )
+        event = EventRecord(
+            event_id=uuid4(),
+            type=EventType.COMMAND_FAILED.value,
+            sku=record.sku,
+            version=None,
+            command_id=record.id,
+            occurred_at=record.finished_at,
+            data={"status": record.status, "error": record.error},
+        )
         self.session.add(event)
         await self.session.commit()
         return [event]
@@ -135,7 +152,9 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         return result.rowcount
 
     async def unfinished(self) -> Sequence[CommandRecord]:
-        return await self.get_many(CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value]))
+        return await self.get_many(
+            CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value])
+        )
 
 
 async def _execute(widgets: WidgetService, sku: str, command: Command) -> tuple[EventType, int, dict[str, Any]]:

@@ -42,5 +42,9 @@ def stream_fields(record: EventRecord) -> dict[str, str | bytes]:
         occurred_at=record.occurred_at,
         data=record.data,
     )
-    return {"type": record.type, "sku": record.sku or "", "command_id": str(record.command_id),
-            "data": encode_event(event)}
+    return {
+        "type": record.type,
+        "sku": record.sku or "",
+        "command_id": str(record.command_id),
+        "data": encode_event(event),
+    }
