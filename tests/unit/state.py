@@ -34,9 +34,10 @@ async def stream(app: Litestar) -> list[dict[str, Any]]:
 
 
 async def queued_jobs(app: Litestar) -> int:
-    """Jobs ever enqueued on the command queue (SAQ keeps each job under `saq:job:<queue>:<key>`)."""
+    """Command jobs ever enqueued (SAQ keeps each under `saq:job:<queue>:<key>`; cron jobs are keyed `cron:...`)."""
     redis = app.state.connections.redis
-    return len([key async for key in redis.scan_iter(f"saq:job:{app.state.settings.queue_name}:*")])
+    keys = [key async for key in redis.scan_iter(f"saq:job:{app.state.settings.queue_name}:*")]
+    return len([key for key in keys if b":cron:" not in key])
 
 
 __all__ = ["CommandRecord", "count", "outbox", "queued_jobs", "stream", "widget_row"]
