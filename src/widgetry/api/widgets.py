@@ -34,7 +34,7 @@ async def list_widgets(
     widgets: NamedDependency[WidgetService], filters: NamedDependency[list[StatementFilter]]
 ) -> OffsetPagination[Widget]:
     """Lists widgets, a page at a time, optionally searched and ordered."""
-    items, total = await widgets.list_and_count(*filters)
+    items, total = await widgets.get_many_and_count(*filters)
     return widgets.to_schema(items, total, filters=filters)
 
 
