@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
+import pytest
 from litestar import Litestar
 
-from tests.support import AUTH, WAIT
+from tests.support import API_KEY, AUTH, WAIT, running
 from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
+from widgetry.app import create_app
+from widgetry.services.commands import CommandService
+from widgetry.settings import Settings
 
 PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
@@ -157,3 +163,27 @@ async def test_unknown_command_is_404_problem(client: httpx.AsyncClient) -> None
 
     assert response.status_code == 404
     assert response.json()["type"].endswith("/command-not-found")
+
+
+async def test_a_command_that_keeps_failing_ends_failed_internal_once_attempts_are_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: CommandService, command_id: object) -> None:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CommandService, "apply", broken)
+    app = create_app(Settings(api_keys=(API_KEY,), job_attempts=2))
+    transport = httpx.ASGITransport(app=app)
+    async with running(app), httpx.AsyncClient(transport=transport, base_url="http://widgetry") as client:
+        response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
+        command = (await client.get(response.headers["location"])).json()
+        events = await stream(app)
+
+    assert response.status_code == 500
+    assert response.json()["type"].endswith("/internal")
+    assert command["status"] == "failed"
+    assert command["error"]["type"].endswith("/internal")
+    assert "2 attempts" in command["error"]["detail"]
+    assert [(e["type"], e["command_id"]) for e in events] == [("command.failed", command["id"])]
+    assert await widget_row(app, "SPR-1") is None
