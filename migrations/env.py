@@ -1,5 +1,5 @@
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from advanced_alchemy.base import metadata_registry
 from alembic import context
@@ -22,22 +22,10 @@ config: "AlembicCommandConfig" = context.config  # type: ignore
 writer = rewriter.Rewriter()
 
 
-def run_migrations_offline() -> None:
-    """Run migrations in 'offline' mode.
-
-    This configures the context with just a URL
-    and not an Engine, though an Engine is acceptable
-    here as well.  By skipping the Engine creation
-    we don't even need a DBAPI to be available.
-
-    Calls to context.execute() here emit the given string to the
-    script output.
-    """
+def run_migrations(**connection_options: Any) -> None:
+    """Runs the migrations with the settings Advanced Alchemy's CLI passes in `config`."""
     context.configure(
-        url=config.db_url,
         target_metadata=metadata_registry.get(config.bind_key),
-        literal_binds=True,
-        dialect_opts={"paramstyle": "named"},
         compare_type=config.compare_type,
         version_table=config.version_table_name,
         version_table_schema=config.version_table_schema,
@@ -45,28 +33,19 @@ def run_migrations_offline() -> None:
         user_module_prefix=config.user_module_prefix,
         render_as_batch=config.render_as_batch,
         process_revision_directives=writer,
+        **connection_options,
     )
-
     with context.begin_transaction():
         context.run_migrations()
+
+
+def run_migrations_offline() -> None:
+    """'Offline' mode: emit the SQL for a URL, with no database connection."""
+    run_migrations(url=config.db_url, literal_binds=True, dialect_opts={"paramstyle": "named"})
 
 
 def do_run_migrations(connection: "Connection") -> None:
-    """Run migrations."""
-    context.configure(
-        connection=connection,
-        target_metadata=metadata_registry.get(config.bind_key),
-        compare_type=config.compare_type,
-        version_table=config.version_table_name,
-        version_table_schema=config.version_table_schema,
-        version_table_pk=config.version_table_pk,
-        user_module_prefix=config.user_module_prefix,
-        render_as_batch=config.render_as_batch,
-        process_revision_directives=writer,
-    )
-
-    with context.begin_transaction():
-        context.run_migrations()
+    run_migrations(connection=connection)
 
 
 async def run_migrations_online() -> None:
