@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RECOVERY_GRACE = timedelta(seconds=30)
+"""How long an accepted command may wait for its job before the recovery pass queues it again."""
+
 
 async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
     """Applies one command (and any earlier pending one of its sku). Safe to run more than once."""
@@ -66,11 +69,22 @@ def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitab
     return startup
 
 
-async def requeue_unfinished(connections: Connections, queue: Queue) -> None:
-    """Queues again every command recorded but not finished: the embedded queue does not survive a restart."""
+async def recover_unfinished(ctx: dict[str, Any]) -> int:
+    """Queues again commands accepted a while ago and still unfinished: their enqueue failed (Redis was down at
+    intake) or Redis lost their job (a flush, a restart without persistence). A cron job, in every worker mode."""
+    connections: Connections = ctx["connections"]
+    accepted_before = datetime.now(UTC) - RECOVERY_GRACE
+    return await requeue_unfinished(connections, ctx["worker"].queue, accepted_before)
+
+
+async def requeue_unfinished(connections: Connections, queue: Queue, accepted_before: datetime | None = None) -> int:
+    """Queues every unfinished command again (accepted before the given time). Jobs are keyed by command id, so a
+    command whose job is still queued or running is not queued twice, and a re-run of one that did finish changes
+    nothing: the sku's applied_seq fence stops it."""
     async with connections.alchemy.get_session() as session:
-        unfinished = await CommandService(session=session).unfinished()
+        unfinished = await CommandService(session=session).unfinished(accepted_before)
     for record in unfinished:
         await dispatch(queue, connections.settings, record.id)
     if unfinished:
         logger.info("re-queued %d unfinished commands", len(unfinished))
+    return len(unfinished)

@@ -14,7 +14,7 @@ from saq.queue.redis import RedisQueue
 
 from widgetry.services.intake import APPLY_COMMAND
 from widgetry.settings import WorkerMode
-from workers.jobs import apply_command, purge_expired, startup_hook
+from workers.jobs import apply_command, purge_expired, recover_unfinished, startup_hook
 
 if TYPE_CHECKING:
     from saq.job import Job
@@ -96,7 +96,10 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     id=f"{socket.gethostname()}-{os.getpid()}",
                     broker_instance=connections.redis,
                     tasks=[(APPLY_COMMAND, apply_command)],
-                    scheduled_tasks=[CronJob(function=purge_expired, cron="17 * * * *", timeout=300)],
+                    scheduled_tasks=[
+                        CronJob(function=recover_unfinished, cron="* * * * *", timeout=60),
+                        CronJob(function=purge_expired, cron="17 * * * *", timeout=300),
+                    ],
                     concurrency=settings.worker_concurrency,
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
                     startup=[startup_hook(connections)],

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import pytest
 from litestar import Litestar
+from litestar_saq import SAQPlugin
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support import API_KEY, AUTH, WAIT, running
 from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
 from widgetry.app import create_app
+from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
+from workers.jobs import publish, requeue_unfinished
 
 PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
@@ -187,3 +192,49 @@ async def test_a_command_that_keeps_failing_ends_failed_internal_once_attempts_a
     assert "2 attempts" in command["error"]["detail"]
     assert [(e["type"], e["command_id"]) for e in events] == [("command.failed", command["id"])]
     assert await widget_row(app, "SPR-1") is None
+
+
+async def redis_down(*_: object, **__: object) -> None:
+    raise RedisConnectionError("Redis is down")
+
+
+async def test_a_command_whose_enqueue_failed_is_recorded_and_queued_by_the_recovery_pass(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "enqueue", redis_down)
+        accepted = await client.post("/widgets", json=SPROCKET, headers=AUTH)
+    assert accepted.status_code == 202
+    assert (await client.get(accepted.headers["location"])).json()["status"] == "accepted"
+
+    requeued = await requeue_unfinished(app.state.connections, queue)
+    done = await client.post("/widgets", json=SPROCKET | {"sku": "SPR-2"}, headers=AUTH | WAIT)
+
+    assert requeued == 1
+    assert done.status_code == 200
+    assert (await client.get(accepted.headers["location"])).json()["status"] == "succeeded"
+    assert (await widget_row(app, "SPR-1")).name == "Sprocket"
+    assert [e["type"] for e in await stream(app)] == ["widget.created", "widget.created"]
+
+
+async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_applies(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create(client)
+    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "enqueue", redis_down)
+        stuck = await client.patch("/widgets/SPR-1", json={"name": "Never"}, headers=AUTH)
+    async with app.state.connections.alchemy.get_session() as session:
+        failure = CommandFailed("retries spent")
+        failed = await CommandService(session=session).mark_failed(UUID(stuck.json()["id"]), failure)
+    await publish(app.state.connections, failed)
+
+    later = await client.patch("/widgets/SPR-1", json={"price_cents": 1}, headers=AUTH | WAIT)
+
+    assert later.status_code == 200
+    assert (await client.get(stuck.headers["location"])).json()["status"] == "failed"
+    row = await widget_row(app, "SPR-1")
+    assert (row.name, row.price_cents, row.version) == ("Sprocket", 1, 2)
+    assert [e["type"] for e in await stream(app)] == ["widget.created", "command.failed", "widget.updated"]

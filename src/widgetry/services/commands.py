@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
+from advanced_alchemy.filters import OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import delete, select, update
@@ -29,6 +30,9 @@ from widgetry.services.widgets import WidgetService
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+
+UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
 
 
 class CommandRepository(SQLAlchemyAsyncRepository[CommandRecord]):
@@ -72,7 +76,13 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             return []
         pending = await self.session.scalars(
             select(CommandRecord)
-            .where(CommandRecord.sku == record.sku, CommandRecord.seq > applied_seq, CommandRecord.seq <= record.seq)
+            .where(
+                CommandRecord.sku == record.sku,
+                CommandRecord.seq > applied_seq,
+                CommandRecord.seq <= record.seq,
+                # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
+                CommandRecord.status.in_(UNFINISHED),
+            )
             .order_by(CommandRecord.seq)
         )
         widgets = WidgetService(session=self.session)
@@ -151,10 +161,10 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         await self.session.commit()
         return result.rowcount
 
-    async def unfinished(self) -> Sequence[CommandRecord]:
-        return await self.get_many(
-            CommandRecord.status.in_([CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value])
-        )
+    async def unfinished(self, accepted_before: datetime | None = None) -> Sequence[CommandRecord]:
+        """Commands accepted (before the given time) and not yet finished, oldest first."""
+        recent = [CommandRecord.accepted_at < accepted_before] if accepted_before else []
+        return await self.get_many(*recent, CommandRecord.status.in_(UNFINISHED), OrderBy("accepted_at", "asc"))
 
 
 async def _execute(widgets: WidgetService, sku: str, command: Command) -> tuple[EventType, int, dict[str, Any]]:
