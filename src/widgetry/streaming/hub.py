@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 READ_BATCH = 500
 READ_BLOCK_MS = 500
+STOP_GRACE_S = 10
 RECONNECT_DELAY = 1.0
 RETRY_MS = 3_000
 PROGRESS = EventType.COMMAND_PROGRESS.value
@@ -114,12 +115,13 @@ class EventHub:
 
     async def stop(self) -> None:
         """Ends the reader between reads rather than cancelling one: a cancelled blocking XREAD can leave
-        fakeredis's connection waiting for a reply that never comes."""
+        fakeredis's connection waiting for a reply that never comes. A read returns within READ_BLOCK_MS, so the
+        cancel below is only for a Redis server that stopped answering."""
         self.close_subscribers()
         self._stopping = True
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(READ_BLOCK_MS / 1000 + 1):
+                async with asyncio.timeout(READ_BLOCK_MS / 1000 + STOP_GRACE_S):
                     await asyncio.shield(self._task)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
