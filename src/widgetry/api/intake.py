@@ -33,19 +33,41 @@ PreferHeader = Annotated[
 ]
 
 
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeating a write with the same key and body returns the original command and queues nothing.",
+    ),
+]
+
+
 class Intake:
     """Records a command (committed before anyone is told), queues it, and answers `202 Accepted`; with
     `Prefer: wait=N`, waits up to N seconds for the outcome and answers 200 or the command's problem instead."""
 
-    def __init__(self, commands: CommandService, queue: Queue, settings: Settings, hub: EventHub, wait: float) -> None:
+    def __init__(
+        self,
+        commands: CommandService,
+        queue: Queue,
+        settings: Settings,
+        hub: EventHub,
+        wait: float,
+        idempotency_key: str | None,
+    ) -> None:
         self._commands = commands
         self._queue = queue
         self._settings = settings
         self._hub = hub
         self._wait = wait
+        self._idempotency_key = idempotency_key
 
     async def submit(self, sku: str, command: Command) -> Response[Any]:
-        record = await self._commands.accept(sku, command)
+        record, created = await self._commands.accept(sku, command, self._idempotency_key)
+        if not created:
+            return replay_response(record)
         async with self._hub.watch_command(str(record.id)) as finished:
             await enqueue(self._queue, self._settings, record.id)
             if self._wait:
@@ -71,12 +93,21 @@ def command_response(record: CommandRecord) -> Response[Any]:
     return Response(CommandResource.of(record), status_code=202, headers=headers)
 
 
+def replay_response(record: CommandRecord) -> Response[Any]:
+    """A repeated request (same idempotency key, same command) gets the original command and queues nothing."""
+    finished = record.status not in (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+    return Response(
+        CommandResource.of(record), status_code=200 if finished else 202, headers={"Location": command_url(record.id)}
+    )
+
+
 def provide_intake(
     commands: NamedDependency[CommandService],
     queue: NamedDependency[Queue],
     settings: NamedDependency[Settings],
     hub: NamedDependency[EventHub],
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Intake:
     wait = min(int(found[1]), MAX_WAIT_S) if prefer and (found := PREFER_WAIT.search(prefer)) else 0
-    return Intake(commands, queue, settings, hub, wait)
+    return Intake(commands, queue, settings, hub, wait, idempotency_key)

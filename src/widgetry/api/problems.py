@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from widgetry.domain.problems import PROBLEM_BASE, CommandFailed
+from widgetry.domain.problems import PROBLEM_BASE, Problem
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def from_validation(exc: ClientException) -> ProblemDetailsException:
     )
 
 
-def from_command_failed(exc: CommandFailed) -> ProblemDetailsException:
+def from_problem(exc: Problem) -> ProblemDetailsException:
     return ProblemDetailsException(
         status_code=exc.status, type_=PROBLEM_BASE + exc.slug, title=exc.title, detail=exc.detail
     )
@@ -107,7 +107,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
         ProblemDetailsConfig(
             exception_to_problem_detail_map={
                 HTTPException: from_http_exception,
-                CommandFailed: from_command_failed,
+                Problem: from_problem,
                 OperationalError: from_unavailable,
                 InterfaceError: from_unavailable,
                 ConnectionError: from_unavailable,

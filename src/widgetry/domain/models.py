@@ -79,6 +79,9 @@ class CommandRecord(UUIDv7Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JsonB, default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(JsonB, default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    """A digest of the command (type, sku, payload): a reused idempotency key must come with the same one."""
 
 
 class EventRecord(BigIntBase):

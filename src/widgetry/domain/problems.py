@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 PROBLEM_BASE = "/problems/"
 
 
-class CommandFailed(Exception):
-    """A command that cannot take effect; recorded on the command and announced as `command.failed`."""
+class Problem(Exception):
+    """An error with its problem `type` (`/problems/<slug>`), title and HTTP status."""
 
     slug: ClassVar[str] = "internal"
     title: ClassVar[str] = "Internal error"
@@ -20,6 +20,16 @@ class CommandFailed(Exception):
 
     def problem(self) -> dict[str, Any]:
         return problem(self.slug, self.title, self.status, self.detail)
+
+
+class CommandFailed(Problem):
+    """A command that cannot take effect; recorded on the command and announced as `command.failed`."""
+
+
+class IdempotencyKeyReused(Problem):
+    """The request reuses an `Idempotency-Key` with a different command: refused, nothing recorded."""
+
+    slug, title, status = "idempotency-key-reused", "Idempotency key reused", 422
 
 
 class WidgetExists(CommandFailed):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
+import msgspec
+from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
 from advanced_alchemy.filters import OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from widgetry.domain.commands import (
     Command,
@@ -25,7 +29,7 @@ from widgetry.domain.commands import (
 )
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
-from widgetry.domain.problems import CommandFailed
+from widgetry.domain.problems import CommandFailed, IdempotencyKeyReused
 from widgetry.services.widgets import WidgetService
 
 if TYPE_CHECKING:
@@ -46,20 +50,46 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
     def session(self) -> AsyncSession:
         return self.repository.session
 
-    async def accept(self, sku: str, command: Command) -> CommandRecord:
-        """Records the command with the next sequence number of its sku, and commits before anyone is told."""
-        record = await self.create(
-            CommandRecord(
-                type=command_type(command),
-                sku=sku,
-                seq=await self._next_seq(sku),
-                payload=dump_command(command),
-                status=CommandStatus.ACCEPTED.value,
-                accepted_at=datetime.now(UTC),
+    async def accept(
+        self, sku: str, command: Command, idempotency_key: str | None = None
+    ) -> tuple[CommandRecord, bool]:
+        """Records the command with the next sequence number of its sku, and commits before anyone is told.
+
+        With an idempotency key already used for the same command, returns that command instead (and `False`):
+        concurrent twins race to the key's unique index, and the losers get the winner's command.
+        """
+        payload = dump_command(command)
+        fingerprint = _fingerprint(command_type(command), sku, payload) if idempotency_key else None
+        if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
+            return original, False
+        try:
+            record = await self.create(
+                CommandRecord(
+                    type=command_type(command),
+                    sku=sku,
+                    seq=await self._next_seq(sku),
+                    payload=payload,
+                    status=CommandStatus.ACCEPTED.value,
+                    accepted_at=datetime.now(UTC),
+                    idempotency_key=idempotency_key,
+                    fingerprint=fingerprint,
+                )
             )
-        )
-        await self.session.commit()
-        return record
+            await self.session.commit()
+        except (IntegrityError, RepositoryIntegrityError):
+            await self.session.rollback()
+            if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
+                return original, False
+            raise
+        return record, True
+
+    async def _original(self, idempotency_key: str, fingerprint: str | None) -> CommandRecord | None:
+        original = await self.get_one_or_none(idempotency_key=idempotency_key)
+        if original is not None and original.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was used for a different request (command {original.id})."
+            )
+        return original
 
     async def apply(self, command_id: UUID) -> list[EventRecord]:
         """Applies the command and every earlier pending command of its sku, in accept order, in one transaction.
@@ -165,6 +195,10 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         """Commands accepted (before the given time) and not yet finished, oldest first."""
         recent = [CommandRecord.accepted_at < accepted_before] if accepted_before else []
         return await self.get_many(*recent, CommandRecord.status.in_(UNFINISHED), OrderBy("accepted_at", "asc"))
+
+
+def _fingerprint(kind: str, sku: str, payload: dict[str, Any]) -> str:
+    return hashlib.sha256(msgspec.json.encode([kind, sku, payload], order="sorted")).hexdigest()
 
 
 async def _execute(widgets: WidgetService, sku: str, command: Command) -> tuple[EventType, int, dict[str, Any]]:

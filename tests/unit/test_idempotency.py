@@ -1,0 +1,71 @@
+"""`Idempotency-Key`: a repeated write returns the original command and queues nothing new."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from litestar import Litestar
+
+from tests.support import AUTH, WAIT
+from tests.unit.state import CommandRecord, count, queued_jobs, stream
+
+BODY = {"sku": "IDEM-1", "name": "Once", "price_cents": 100}
+
+
+def keyed(key: str) -> dict[str, str]:
+    return AUTH | {"Idempotency-Key": key}
+
+
+async def test_the_same_key_and_body_returns_the_original_command(client: httpx.AsyncClient, app: Litestar) -> None:
+    first = await client.post("/widgets", json=BODY, headers=keyed("k-1") | WAIT)
+    again = await client.post("/widgets", json=BODY, headers=keyed("k-1"))
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    assert await count(app, CommandRecord) == 1
+    assert await queued_jobs(app) == 1
+    assert [e["type"] for e in await stream(app)] == ["widget.created"]
+
+
+async def test_the_same_key_with_another_body_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    await client.post("/widgets", json=BODY, headers=keyed("k-2") | WAIT)
+
+    reused = await client.post("/widgets", json=BODY | {"price_cents": 101}, headers=keyed("k-2"))
+    other_path = await client.patch("/widgets/IDEM-1", json={"price_cents": 101}, headers=keyed("k-2"))
+
+    for response in (reused, other_path):
+        assert response.status_code == 422
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["type"].endswith("/idempotency-key-reused")
+    assert await count(app, CommandRecord) == 1
+
+
+async def test_concurrent_duplicates_make_one_command_and_one_widget(client: httpx.AsyncClient, app: Litestar) -> None:
+    responses = await asyncio.gather(*(client.post("/widgets", json=BODY, headers=keyed("k-3")) for _ in range(20)))
+
+    assert {r.status_code for r in responses} <= {200, 202}
+    assert len({r.json()["id"] for r in responses}) == 1
+    done = await client.post("/widgets", json=BODY | {"sku": "IDEM-2"}, headers=AUTH | WAIT)
+    assert done.status_code == 200
+    assert await count(app, CommandRecord) == 2
+    assert [e["type"] for e in await stream(app)] == ["widget.created", "widget.created"]
+
+
+async def test_without_a_key_repeats_are_separate_commands(client: httpx.AsyncClient, app: Litestar) -> None:
+    await client.post("/widgets", json=BODY, headers=AUTH | WAIT)
+    second = await client.post("/widgets", json=BODY, headers=AUTH | WAIT)
+
+    assert second.status_code == 409
+    assert await count(app, CommandRecord) == 2
+
+
+async def test_a_key_longer_than_255_characters_is_refused(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post("/widgets", json=BODY, headers=keyed("k" * 256))
+
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await count(app, CommandRecord) == 0
