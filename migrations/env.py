@@ -49,14 +49,7 @@ def do_run_migrations(connection: "Connection") -> None:
 
 
 async def run_migrations_online() -> None:
-    """Run migrations in 'online' mode.
-
-    In this scenario we need to create an Engine and associate a
-    connection with the context.
-
-    Raises:
-        RuntimeError: If the engine cannot be created from the config.
-    """
+    """'Online' mode: migrate through the application's engine (or one made from its URL)."""
     configuration = config.get_section(config.config_ini_section) or {}
     configuration["sqlalchemy.url"] = config.db_url
 
@@ -70,9 +63,6 @@ async def run_migrations_online() -> None:
             future=True,
         ),
     )
-    if connectable is None:  # pyright: ignore[reportUnnecessaryComparison]
-        msg = "Could not get an engine from the configuration: set DATABASE_URL."
-        raise RuntimeError(msg)
 
     async with connectable.connect() as connection:
         await connection.run_sync(do_run_migrations)

@@ -14,7 +14,7 @@ from saq.queue.redis import RedisQueue
 
 from widgetry.services.intake import APPLY_COMMAND
 from widgetry.settings import WorkerMode
-from workers.jobs import apply_command, purge_expired, recover_unfinished, startup_hook
+from workers.jobs import apply_command, end_failed_command, purge_expired, recover_unfinished, startup_hook
 
 if TYPE_CHECKING:
     from saq.job import Job
@@ -103,6 +103,7 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     concurrency=settings.worker_concurrency,
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
                     startup=[startup_hook(connections)],
+                    after_process=[end_failed_command],
                     timers={"sweep": SWEEP_SECONDS},
                     # SAQ's grace period waits for every worker task, idle dequeues included, so any grace is
                     # spent in full on each shutdown. No grace is safe here: an apply is one transaction, and a

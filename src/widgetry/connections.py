@@ -51,6 +51,8 @@ def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:
         engine_instance=engine,
         session_config=AsyncSessionConfig(expire_on_commit=False),
         before_send_handler="autocommit",
+        # Errors are problem details, mapped in one place (api/problems.py), not Advanced Alchemy's own JSON.
+        set_default_exception_handler=False,
         alembic_config=AlembicAsyncConfig(
             script_location=str(migrations_path()),
             version_table_name="alembic_version",

@@ -161,3 +161,12 @@ async def test_bad_reads_are_problems_too(client: httpx.AsyncClient, path: str, 
 
 async def test_an_unsupported_method_is_405_problem(client: httpx.AsyncClient) -> None:
     assert_problem(await client.put("/widgets", json=GOOD, headers=AUTH), 405)
+
+
+@pytest.mark.parametrize("field", ["name", "internal_notes"])
+async def test_a_nul_character_is_refused(client: httpx.AsyncClient, app: Litestar, field: str) -> None:
+    response = await client.post("/widgets", json={**GOOD, field: "a\x00b"}, headers=AUTH)
+
+    problem = assert_problem(response, 422)
+    assert [p["name"] for p in problem["invalid_params"]] == [field]
+    await assert_nothing_happened(app)

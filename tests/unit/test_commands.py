@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from uuid import UUID
 
@@ -11,16 +12,28 @@ from litestar import Litestar
 from litestar_saq import SAQPlugin
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.support import API_KEY, AUTH, WAIT, running
+from tests.support import API_KEY, AUTH, WAIT, eventually, running
 from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
 from widgetry.app import create_app
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
-from workers.jobs import publish, requeue_unfinished
+from workers.jobs import publish_pending, requeue_unfinished
 
 PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
+
+
+async def finished(client: httpx.AsyncClient, location: str) -> dict:
+    """The command at `location` once it has finished (polled: GET has no `Prefer: wait`)."""
+    command: dict = {}
+
+    async def done() -> bool:
+        command.update((await client.get(location)).json())
+        return command["status"] in ("succeeded", "failed")
+
+    await eventually(done, 10, f"{location} to finish")
+    return command
 
 
 async def create(client: httpx.AsyncClient, body: dict = SPROCKET) -> dict:
@@ -41,11 +54,7 @@ async def test_create_is_accepted_with_location_then_applied_by_the_worker(
     assert command["sku"] == "SPR-1"
     assert command["links"] == {"self": f"/commands/{command['id']}", "widget": "/widgets/SPR-1"}
 
-    done = await client.get(f"/commands/{command['id']}", headers=WAIT)
-    finished = await client.post("/widgets", json=SPROCKET | {"sku": "SPR-2"}, headers=AUTH | WAIT)
-    assert finished.status_code == 200, finished.text
-    assert done.status_code == 200
-    status = (await client.get(f"/commands/{command['id']}")).json()
+    status = await finished(client, accepted.headers["location"])
     assert status["status"] == "succeeded"
     assert status["finished_at"] is not None
     row = await widget_row(app, "SPR-1")
@@ -209,13 +218,11 @@ async def test_a_command_whose_enqueue_failed_is_recorded_and_queued_by_the_reco
     assert (await client.get(accepted.headers["location"])).json()["status"] == "accepted"
 
     requeued = await requeue_unfinished(app.state.connections, queue)
-    done = await client.post("/widgets", json=SPROCKET | {"sku": "SPR-2"}, headers=AUTH | WAIT)
 
     assert requeued == 1
-    assert done.status_code == 200
-    assert (await client.get(accepted.headers["location"])).json()["status"] == "succeeded"
+    assert (await finished(client, accepted.headers["location"]))["status"] == "succeeded"
     assert (await widget_row(app, "SPR-1")).name == "Sprocket"
-    assert [e["type"] for e in await stream(app)] == ["widget.created", "widget.created"]
+    assert [e["type"] for e in await stream(app)] == ["widget.created"]
 
 
 async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_applies(
@@ -227,9 +234,8 @@ async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_ap
         patched.setattr(queue, "enqueue", redis_down)
         stuck = await client.patch("/widgets/SPR-1", json={"name": "Never"}, headers=AUTH)
     async with app.state.connections.alchemy.get_session() as session:
-        failure = CommandFailed("retries spent")
-        failed = await CommandService(session=session).mark_failed(UUID(stuck.json()["id"]), failure)
-    await publish(app.state.connections, failed)
+        sku = await CommandService(session=session).mark_failed(UUID(stuck.json()["id"]), CommandFailed("spent"))
+    await publish_pending(app.state.connections, sku)
 
     later = await client.patch("/widgets/SPR-1", json={"price_cents": 1}, headers=AUTH | WAIT)
 
@@ -238,3 +244,41 @@ async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_ap
     row = await widget_row(app, "SPR-1")
     assert (row.name, row.price_cents, row.version) == ("Sprocket", 1, 2)
     assert [e["type"] for e in await stream(app)] == ["widget.created", "command.failed", "widget.updated"]
+
+
+async def test_marking_an_applied_command_failed_changes_nothing(client: httpx.AsyncClient, app: Litestar) -> None:
+    command = await create(client)
+
+    async with app.state.connections.alchemy.get_session() as session:
+        await CommandService(session=session).mark_failed(UUID(command["id"]), CommandFailed("too late"))
+
+    assert (await client.get(f"/commands/{command['id']}")).json()["status"] == "succeeded"
+    assert [event.type for event in await outbox(app)] == ["widget.created"]
+
+
+async def test_a_job_that_times_out_on_its_last_attempt_ends_the_command_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def hangs(self: CommandService, command_id: object) -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CommandService, "apply", hangs)
+    app = create_app(Settings(api_keys=(API_KEY,), job_attempts=1, job_timeout_seconds=1))
+    transport = httpx.ASGITransport(app=app)
+    async with running(app), httpx.AsyncClient(transport=transport, base_url="http://widgetry") as client:
+        response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
+        command = (await client.get(response.headers["location"])).json()
+
+    assert response.status_code == 500
+    assert (command["status"], command["error"]["type"]) == ("failed", "/problems/internal")
+
+
+async def test_an_update_to_the_same_values_is_still_a_new_version(client: httpx.AsyncClient, app: Litestar) -> None:
+    await create(client)
+
+    response = await client.patch("/widgets/SPR-1", json={"price_cents": 1999}, headers=AUTH | WAIT)
+
+    assert response.status_code == 200
+    assert (await widget_row(app, "SPR-1")).version == 2
+    assert [(e["type"], e["version"]) for e in await stream(app)] == [("widget.created", 1), ("widget.updated", 2)]

@@ -124,3 +124,20 @@ async def test_idle_subscribers_get_keepalive_comments(hub: EventHub) -> None:
 
     assert chunks[1:] == [b": ping\r\n\r\n", b": ping\r\n\r\n"]
     await stream.aclose()
+
+
+async def test_an_entry_this_service_did_not_write_is_skipped_not_fatal(hub: EventHub, redis: FakeRedis) -> None:
+    stream = hub.subscribe(Filter(), None)
+    await anext(stream)
+    await redis.xadd(STREAM, {"note": "written by someone else"})
+    wanted = await add(redis, 1)
+
+    assert [i for i, _ in await take(stream, 1)] == wanted
+    assert hub.reading
+    await stream.aclose()
+
+
+async def test_a_cursor_past_the_largest_stream_id_gets_stream_reset(hub: EventHub, redis: FakeRedis) -> None:
+    await add(redis, 1)
+
+    assert await take(hub.subscribe(Filter(), f"1-{2**64}"), 1) == [(None, "stream.reset")]

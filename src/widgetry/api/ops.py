@@ -21,13 +21,12 @@ def health() -> dict[str, str]:
 
 @get("/ready")
 async def ready(state: State) -> Response[dict[str, str]]:
-    """200 when the database and Redis answer; otherwise 503 naming the one that did not."""
-    checks = {"database": _database(state), "redis": state.connections.redis.ping()}
-    results = await asyncio.gather(*(_answers(check) for check in checks.values()))
-    status = dict(zip(checks, ("ok" if ok else "unavailable" for ok in results), strict=True))
-    if not all(results):
-        failed = ", ".join(name for name, ok in zip(checks, results, strict=True) if not ok)
-        raise problem_exception(503, f"Not ready: {failed} did not answer.", checks=status)
+    """200 when the database and Redis answer and the event reader runs; otherwise 503 naming what failed."""
+    database, redis = await asyncio.gather(_answers(_database(state)), _answers(state.connections.redis.ping()))
+    checks = {"database": database, "redis": redis, "events": state.hub.reading}
+    status = {name: "ok" if ok else "unavailable" for name, ok in checks.items()}
+    if failed := [name for name, ok in checks.items() if not ok]:
+        raise problem_exception(503, f"Not ready: {', '.join(failed)} unavailable.", checks=status)
     return Response(status)
 
 

@@ -22,10 +22,11 @@ NOTES_MAX_LENGTH = 10_000
 # The rules live on the model's own annotations, so the DTOs and the OpenAPI schema derive them from here.
 # Length rules are written as patterns because Litestar drops `max_length` from partial (PATCH) DTOs.
 Sku = Annotated[str, KwargDefinition(pattern=SKU_PATTERN)]
-# 1..200 characters once surrounding white space is trimmed (the service stores the trimmed name).
-Name = Annotated[str, KwargDefinition(pattern=r"^\s*\S(?:.{0,198}\S)?\s*$")]
+# 1..200 characters once surrounding white space is trimmed (the service stores the trimmed name). No NUL
+# characters anywhere: PostgreSQL cannot store them in text or JSON.
+Name = Annotated[str, KwargDefinition(pattern=r"^\s*[^\s\x00](?:[^\x00\n]{0,198}[^\s\x00])?\s*$")]
 PriceCents = Annotated[int, KwargDefinition(ge=0, le=PRICE_MAX_CENTS)]
-Notes = Annotated[str, KwargDefinition(pattern=rf"^[\s\S]{{0,{NOTES_MAX_LENGTH}}}(?![\s\S])")]
+Notes = Annotated[str, KwargDefinition(pattern=rf"^[^\x00]{{0,{NOTES_MAX_LENGTH}}}(?![\s\S])")]
 
 
 class Widget(BigIntAuditBase):

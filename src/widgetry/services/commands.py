@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
-from advanced_alchemy.filters import OrderBy
+from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import delete, select, update
@@ -30,6 +30,7 @@ from widgetry.domain.commands import (
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed, IdempotencyKeyReused
+from widgetry.services.heads import lock_head
 from widgetry.services.widgets import WidgetService
 
 if TYPE_CHECKING:
@@ -91,19 +92,19 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             )
         return original
 
-    async def apply(self, command_id: UUID) -> list[EventRecord]:
+    async def apply(self, command_id: UUID) -> str | None:
         """Applies the command and every earlier pending command of its sku, in accept order, in one transaction.
 
-        Re-running it (a re-delivered job, or a sibling job that already drained this one) changes nothing and
-        returns no events: the sku's `applied_seq` is the fence. Returns the events committed, to be published.
+        Re-running it (a re-delivered job, or a sibling job that already drained this one) changes nothing: the
+        sku's `applied_seq` is the fence. Returns the sku, whose committed events are then to be published.
         """
-        record = await self.get_one_or_none(id=command_id)
+        record = await self.get_one_or_none(id=command_id)  # only its sku and seq, which never change, are used
         if record is None or record.sku is None:
-            return []
-        applied_seq = await self._lock_head(record.sku)
+            return None
+        applied_seq = await lock_head(self.session, record.sku)
         if record.seq <= applied_seq:
             await self.session.rollback()
-            return []
+            return record.sku
         pending = await self.session.scalars(
             select(CommandRecord)
             .where(
@@ -116,32 +117,21 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             .order_by(CommandRecord.seq)
         )
         widgets = WidgetService(session=self.session)
-        events = [await self._apply_one(widgets, pending_record) for pending_record in pending]
+        for pending_record in pending:
+            self.session.add(await self._apply_one(widgets, pending_record))
         await self.session.execute(
             update(WidgetHead).where(WidgetHead.sku == record.sku).values(applied_seq=record.seq)
         )
-        self.session.add_all(events)
         await self.session.commit()
-        return events
+        return record.sku
 
     async def _apply_one(self, widgets: WidgetService, record: CommandRecord) -> EventRecord:
-        sku = record.sku or ""
         try:
-            event_type, version, data = await _execute(widgets, sku, load_command(record.payload))
-            record.status = CommandStatus.SUCCEEDED.value
+            event_type, version, data = await _execute(widgets, record.sku or "", load_command(record.payload))
         except CommandFailed as failure:
-            record.status, record.error = CommandStatus.FAILED.value, failure.problem()
-            event_type, version, data = EventType.COMMAND_FAILED, None, {"status": record.status, "error": record.error}
-        record.finished_at = datetime.now(UTC)
-        return EventRecord(
-            event_id=uuid4(),
-            type=event_type.value,
-            sku=sku,
-            version=version,
-            command_id=record.id,
-            occurred_at=record.finished_at,
-            data=data,
-        )
+            return _fail(record, failure)
+        record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
+        return _event(record, event_type, version, data)
 
     async def _next_seq(self, sku: str) -> int:
         insert = postgresql.insert if self.session.bind.dialect.name == "postgresql" else sqlite.insert
@@ -153,37 +143,21 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         )
         return (await self.session.execute(statement)).scalar_one()
 
-    async def _lock_head(self, sku: str) -> int:
-        # A no-op write as the transaction's first statement: it takes the row lock on PostgreSQL (like
-        # SELECT ... FOR UPDATE) and the write lock on SQLite, whose deferred transactions would otherwise let two
-        # appliers read the same `applied_seq`.
-        await self.session.execute(
-            update(WidgetHead).where(WidgetHead.sku == sku).values(applied_seq=WidgetHead.applied_seq)
-        )
-        return (await self.session.execute(select(WidgetHead.applied_seq).where(WidgetHead.sku == sku))).scalar_one()
+    async def mark_failed(self, command_id: UUID, failure: CommandFailed) -> str | None:
+        """Ends a command that could not be applied at all (its retries spent) with its problem and one event.
 
-    async def mark_failed(self, command_id: UUID, failure: CommandFailed) -> list[EventRecord]:
-        """Ends a command that could not be applied at all (retries spent), with its problem and one event."""
+        Under the sku's lock, and only if it is still unfinished: a sibling job may have applied it meanwhile.
+        Returns the sku, whose committed events are then to be published.
+        """
         record = await self.get_one_or_none(id=command_id)
-        if record is None or record.status in (CommandStatus.SUCCEEDED.value, CommandStatus.FAILED.value):
-            return []
-        record.status, record.error, record.finished_at = (
-            CommandStatus.FAILED.value,
-            failure.problem(),
-            datetime.now(UTC),
-        )
-        event = EventRecord(
-            event_id=uuid4(),
-            type=EventType.COMMAND_FAILED.value,
-            sku=record.sku,
-            version=None,
-            command_id=record.id,
-            occurred_at=record.finished_at,
-            data={"status": record.status, "error": record.error},
-        )
-        self.session.add(event)
+        if record is None or record.sku is None:
+            return None
+        await lock_head(self.session, record.sku)
+        await self.session.refresh(record)
+        if record.status in UNFINISHED:
+            self.session.add(_fail(record, failure))
         await self.session.commit()
-        return [event]
+        return record.sku
 
     async def purge_finished_before(self, cutoff: datetime) -> int:
         """Forgets commands that finished before `cutoff` (they are kept for the retention period, not forever)."""
@@ -191,10 +165,33 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         await self.session.commit()
         return result.rowcount
 
-    async def unfinished(self, accepted_before: datetime | None = None) -> Sequence[CommandRecord]:
+    async def unfinished(
+        self, accepted_before: datetime | None = None, limit: int | None = None
+    ) -> Sequence[CommandRecord]:
         """Commands accepted (before the given time) and not yet finished, oldest first."""
-        recent = [CommandRecord.accepted_at < accepted_before] if accepted_before else []
-        return await self.get_many(*recent, CommandRecord.status.in_(UNFINISHED), OrderBy("accepted_at", "asc"))
+        filters: list[Any] = [CommandRecord.status.in_(UNFINISHED), OrderBy("accepted_at", "asc")]
+        if accepted_before is not None:
+            filters.append(CommandRecord.accepted_at < accepted_before)
+        if limit is not None:
+            filters.append(LimitOffset(limit=limit, offset=0))
+        return await self.get_many(*filters)
+
+
+def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord:
+    record.status, record.error, record.finished_at = CommandStatus.FAILED.value, failure.problem(), datetime.now(UTC)
+    return _event(record, EventType.COMMAND_FAILED, None, {"status": record.status, "error": record.error})
+
+
+def _event(record: CommandRecord, event_type: EventType, version: int | None, data: dict[str, Any]) -> EventRecord:
+    return EventRecord(
+        event_id=uuid4(),
+        type=event_type.value,
+        sku=record.sku,
+        version=version,
+        command_id=record.id,
+        occurred_at=record.finished_at,
+        data=data,
+    )
 
 
 def _fingerprint(kind: str, sku: str, payload: dict[str, Any]) -> str:

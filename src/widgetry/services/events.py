@@ -1,15 +1,19 @@
-"""The outbox: event rows written with each change, and their publication state."""
+"""The outbox: event rows written with each change, published to the stream in commit order per sku."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from widgetry.domain.models import EventRecord
+from widgetry.services.heads import lock_head
+
+Publish = Callable[[Sequence[EventRecord]], Awaitable[list[str]]]
+"""Puts events on the stream in the order given and returns their stream ids."""
 
 
 class EventRepository(SQLAlchemyAsyncRepository[EventRecord]):
@@ -19,14 +23,32 @@ class EventRepository(SQLAlchemyAsyncRepository[EventRecord]):
 class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
     repository_type = EventRepository
 
-    async def mark_published(self, records: Sequence[EventRecord], stream_ids: Sequence[str]) -> None:
-        if not records:
-            return
-        await self.repository.session.execute(
-            update(EventRecord),
-            [{"id": record.id, "stream_id": stream_id} for record, stream_id in zip(records, stream_ids, strict=True)],
+    async def publish_pending(self, sku: str, publish: Publish) -> int:
+        """Publishes the sku's unpublished events in the order they were committed, and marks them published.
+
+        The sku's head row is held meanwhile, so two workers cannot interleave one sku's events on the stream;
+        events a crashed or failed earlier publish left behind go out first.
+        """
+        session = self.repository.session
+        await lock_head(session, sku)
+        pending = list(
+            await session.scalars(
+                select(EventRecord)
+                .where(EventRecord.sku == sku, EventRecord.stream_id.is_(None))
+                .order_by(EventRecord.id)
+            )
         )
-        await self.repository.session.commit()
+        if pending:
+            stream_ids = await publish(pending)
+            await session.execute(
+                update(EventRecord),
+                [
+                    {"id": event.id, "stream_id": stream_id}
+                    for event, stream_id in zip(pending, stream_ids, strict=True)
+                ],
+            )
+        await session.commit()
+        return len(pending)
 
     async def purge_published_before(self, cutoff: datetime) -> int:
         """Drops outbox rows already on the stream and older than `cutoff`; unpublished rows always stay."""

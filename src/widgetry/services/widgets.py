@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
@@ -27,6 +28,8 @@ class WidgetService(SQLAlchemyAsyncRepositoryService[Widget]):
         widget = await self._current(sku, expected_version)
         for field, value in _trimmed(changes).items():
             setattr(widget, field, value)
+        # Every applied update is a change with its own version, even one that sets the values already there.
+        widget.updated_at = datetime.now(UTC)
         return await self.update(widget)
 
     async def delete_widget(self, sku: str, expected_version: int | None) -> Widget:

@@ -38,13 +38,23 @@ class Entry:
 
     __slots__ = ("command_id", "id", "message", "sku", "type")
 
-    def __init__(self, raw_id: bytes | str, fields: dict[bytes, bytes]) -> None:
-        text_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-        self.id: StreamId = parse_stream_id(text_id) or ORIGIN
+    def __init__(self, stream_id: StreamId, fields: dict[bytes, bytes]) -> None:
+        self.id = stream_id
         self.type = fields[b"type"].decode()
         self.sku = fields[b"sku"].decode() or None
         self.command_id = fields[b"command_id"].decode()
-        self.message = ServerSentEventMessage(id=text_id, event=self.type, data=fields[b"data"]).encode()
+        self.message = ServerSentEventMessage(
+            id=format_stream_id(stream_id), event=self.type, data=fields[b"data"]
+        ).encode()
+
+    @classmethod
+    def parse(cls, stream_id: StreamId, fields: dict[bytes, bytes]) -> Entry | None:
+        """The entry, or `None` (logged) for one this service did not write: it must not stop the reader."""
+        try:
+            return cls(stream_id, fields)
+        except (KeyError, UnicodeDecodeError):
+            logger.warning("skipping stream entry %s: not a widgetry event", format_stream_id(stream_id))
+            return None
 
 
 class Filter:
@@ -100,11 +110,16 @@ class EventHub:
         self._buffer_size = buffer_size
         self._keepalive = keepalive
         self._subscribers: set[Subscription] = set()
-        self._finish_watchers: dict[str, asyncio.Event] = {}
+        self._finish_watchers: dict[str, set[asyncio.Event]] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = asyncio.Event()
+
+    @property
+    def reading(self) -> bool:
+        """Whether this process's stream reader is running (it retries Redis errors by itself)."""
+        return self._task is not None and not self._task.done()
 
     @property
     def subscriber_count(self) -> int:
@@ -149,26 +164,33 @@ class EventHub:
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
             for _stream, entries in response or ():
-                self._dispatch([Entry(raw_id, fields) for raw_id, fields in entries])
+                self._dispatch(entries)
 
-    def _dispatch(self, entries: list[Entry]) -> None:
+    def _dispatch(self, raw_entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         # No await in here: a subscriber registering between two reads sees either all of a batch live, or none.
-        for entry in entries:
+        for raw_id, fields in raw_entries:
+            stream_id = parse_stream_id(raw_id) or ORIGIN
+            self._position = stream_id
+            if (entry := Entry.parse(stream_id, fields)) is None:
+                continue
             for subscription in self._subscribers:
                 subscription.offer(entry)
-            if entry.type != PROGRESS and (finished := self._finish_watchers.get(entry.command_id)):
-                finished.set()
-        if entries:
-            self._position = entries[-1].id
+            if entry.type != PROGRESS:
+                for finished in self._finish_watchers.get(entry.command_id, ()):
+                    finished.set()
 
     @contextlib.asynccontextmanager
     async def watch_command(self, command_id: str) -> AsyncIterator[asyncio.Event]:
         """An event set when this process's reader sees the command's outcome (any event but progress)."""
-        finished = self._finish_watchers.setdefault(command_id, asyncio.Event())
+        finished = asyncio.Event()
+        self._finish_watchers.setdefault(command_id, set()).add(finished)
         try:
             yield finished
         finally:
-            self._finish_watchers.pop(command_id, None)
+            waiters = self._finish_watchers[command_id]
+            waiters.discard(finished)
+            if not waiters:
+                del self._finish_watchers[command_id]
 
     async def _stream_end(self) -> StreamId:
         info = await self._stream_info()
@@ -234,7 +256,8 @@ class EventHub:
         while True:
             rows = await self._redis.xrange(self._stream, min=start, max=format_stream_id(until), count=READ_BATCH)
             for raw_id, fields in rows:
-                yield Entry(raw_id, fields)
+                if entry := Entry.parse(parse_stream_id(raw_id) or ORIGIN, fields):
+                    yield entry
             if len(rows) < READ_BATCH:
                 return
             start = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
