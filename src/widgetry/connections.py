@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,5 +86,10 @@ class Connections:
             settings=settings,
             redis=redis,
             alchemy=build_alchemy(settings),
-            publisher=EventPublisher(redis, settings.events_stream, settings.stream_max_len),
+            publisher=EventPublisher(
+                redis,
+                settings.events_stream,
+                settings.stream_max_len,
+                remember_for=timedelta(days=settings.command_retention_days),
+            ),
         )

@@ -5,6 +5,9 @@ from tests.unit.test_bad_input import (  # noqa: F401
     test_writes_without_a_valid_key_are_401,
 )
 from tests.unit.test_commands import (  # noqa: F401
+    test_a_command_whose_enqueue_failed_is_recorded_and_queued_by_the_recovery_pass,
+    test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_applies,
+    test_an_update_to_the_same_values_is_still_a_new_version,
     test_changing_a_missing_widget_fails_with_widget_not_found,
     test_commands_on_one_sku_apply_in_the_order_accepted,
     test_create_is_accepted_with_location_then_applied_by_the_worker,
@@ -12,7 +15,13 @@ from tests.unit.test_commands import (  # noqa: F401
     test_creating_an_existing_sku_fails_with_widget_exists,
     test_delete_removes_the_row_and_emits_widget_deleted,
     test_if_match_applies_only_at_that_version,
+    test_marking_an_applied_command_failed_changes_nothing,
     test_update_changes_only_the_given_fields_and_bumps_the_version,
+)
+from tests.unit.test_idempotency import (  # noqa: F401
+    test_concurrent_duplicates_make_one_command_and_one_widget,
+    test_the_same_key_and_body_returns_the_original_command,
+    test_the_same_key_with_another_body_is_422_and_changes_nothing,
 )
 from tests.unit.test_reads import (  # noqa: F401
     test_health_ready_and_schema_are_public,

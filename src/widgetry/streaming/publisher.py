@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from widgetry.domain.events import Event, encode_event
@@ -13,20 +14,36 @@ if TYPE_CHECKING:
     from widgetry.domain.models import EventRecord
 
 
-class EventPublisher:
-    """XADDs events in the order given; the stream id it returns is the SSE `id:` clients resume from."""
+# XADD unless this event is on the stream already; either way, its stream id. Atomic, so an event published again
+# (its worker died between the XADD and recording it) is never on the stream twice.
+PUBLISH_ONCE = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return existing end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+return id
+"""
 
-    def __init__(self, redis: Redis, stream: str, max_len: int) -> None:
+
+class EventPublisher:
+    """Puts events on the stream in the order given, each at most once; the stream id it returns is the SSE `id:`
+    clients resume from."""
+
+    def __init__(self, redis: Redis, stream: str, max_len: int, remember_for: timedelta) -> None:
         self._redis = redis
         self._stream = stream
         self._max_len = max_len
+        self._remember_s = int(remember_for.total_seconds())
+        self._publish_once = redis.register_script(PUBLISH_ONCE)
 
     async def publish(self, records: Sequence[EventRecord]) -> list[str]:
         if not records:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for record in records:
-                pipe.xadd(self._stream, stream_fields(record), maxlen=self._max_len, approximate=True)
+                fields = [part for pair in stream_fields(record).items() for part in pair]
+                keys = [self._stream, f"{self._stream}:published:{record.event_id}"]
+                await self._publish_once(keys=keys, args=[self._max_len, self._remember_s, *fields], client=pipe)
             ids = await pipe.execute()
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
