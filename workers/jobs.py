@@ -58,6 +58,19 @@ async def publish_pending(connections: Connections, sku: str | None) -> None:
         await EventService(session=session).publish_pending(sku, connections.publisher.publish)
 
 
+async def relay_unpublished(ctx: dict[str, Any]) -> int:
+    """Publishes events committed a while ago and still not on the stream (Redis was down when their job ended).
+    A cron job; the publisher puts an event on the stream at most once, so racing a worker's publish is safe."""
+    connections: Connections = ctx["connections"]
+    async with connections.alchemy.get_session() as session:
+        skus = await EventService(session=session).skus_with_unpublished(
+            datetime.now(UTC) - RECOVERY_GRACE, limit=RECOVERY_BATCH
+        )
+    for sku in skus:
+        await publish_pending(connections, sku)
+    return len(skus)
+
+
 async def recover_unfinished(ctx: dict[str, Any]) -> int:
     """Queues again commands accepted a while ago and still unfinished: their enqueue failed (Redis was down at
     intake) or Redis lost their job (a flush, a restart without persistence). A cron job, in every worker mode."""

@@ -14,7 +14,14 @@ from saq.queue.redis import RedisQueue
 
 from widgetry.services.intake import APPLY_COMMAND
 from widgetry.settings import WorkerMode
-from workers.jobs import apply_command, end_failed_command, purge_expired, recover_unfinished, startup_hook
+from workers.jobs import (
+    apply_command,
+    end_failed_command,
+    purge_expired,
+    recover_unfinished,
+    relay_unpublished,
+    startup_hook,
+)
 
 if TYPE_CHECKING:
     from saq.job import Job
@@ -113,6 +120,7 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     tasks=[(APPLY_COMMAND, apply_command)],
                     scheduled_tasks=[
                         CronJob(function=recover_unfinished, cron="* * * * *", timeout=60),
+                        CronJob(function=relay_unpublished, cron="* * * * *", timeout=60),
                         CronJob(function=purge_expired, cron="17 * * * *", timeout=300),
                     ],
                     concurrency=settings.worker_concurrency,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -11,14 +12,16 @@ import pytest
 from litestar import Litestar
 from litestar_saq import SAQPlugin
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import update
 
 from tests.support import API_KEY, AUTH, WAIT, eventually, running
 from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
 from widgetry.app import create_app
+from widgetry.domain.models import EventRecord
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
-from workers.jobs import publish_pending, requeue_unfinished
+from workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
 
 PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
@@ -282,3 +285,22 @@ async def test_an_update_to_the_same_values_is_still_a_new_version(client: httpx
     assert response.status_code == 200
     assert (await widget_row(app, "SPR-1")).version == 2
     assert [(e["type"], e["version"]) for e in await stream(app)] == [("widget.created", 1), ("widget.updated", 2)]
+
+
+async def test_the_relay_publishes_events_committed_but_never_published(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    await create(client)
+    redis, events_stream = app.state.connections.redis, app.state.settings.events_stream
+    await redis.delete(events_stream, *[key async for key in redis.scan_iter(f"{events_stream}:published:*")])
+    a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
+    async with app.state.connections.alchemy.get_session() as session:
+        await session.execute(update(EventRecord).values(stream_id=None, occurred_at=a_minute_ago))
+        await session.commit()
+
+    relayed = await relay_unpublished({"connections": app.state.connections})
+
+    assert relayed == 1
+    assert [e["type"] for e in await stream(app)] == ["widget.created"]
+    assert all(row.stream_id for row in await outbox(app))
+    assert await relay_unpublished({"connections": app.state.connections}) == 0

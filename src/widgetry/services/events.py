@@ -7,7 +7,7 @@ from datetime import datetime
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from widgetry.domain.models import EventRecord
 from widgetry.services.heads import lock_head
@@ -49,6 +49,17 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
             )
         await session.commit()
         return len(pending)
+
+    async def skus_with_unpublished(self, committed_before: datetime, limit: int) -> list[str]:
+        """Skus with events committed before the given time and still not on the stream."""
+        rows = await self.repository.session.scalars(
+            select(EventRecord.sku)
+            .where(EventRecord.stream_id.is_(None), EventRecord.occurred_at < committed_before)
+            .group_by(EventRecord.sku)
+            .order_by(func.min(EventRecord.id))
+            .limit(limit)
+        )
+        return [sku for sku in rows if sku is not None]
 
     async def purge_published_before(self, cutoff: datetime) -> int:
         """Drops outbox rows already on the stream and older than `cutoff`; unpublished rows always stay."""
