@@ -7,7 +7,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from tests.support import API_KEY, running
+from tests.support import API_KEY, serve
 from widgetry.app import create_app
 from widgetry.settings import Settings
 
@@ -26,13 +26,5 @@ async def app(embedded_settings: Settings) -> Litestar:
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """The app, its lifespan (worker, event reader) running on the test's own event loop, behind an HTTP client.
-
-    Litestar's AsyncTestClient runs the lifespan on another thread's loop, which the app's background tasks and
-    connection pools cannot share with requests served on the test's loop.
-    """
-    async with (
-        running(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://widgetry") as http,
-    ):
+    async with serve(app) as http:
         yield http

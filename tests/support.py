@@ -134,6 +134,18 @@ async def running(app: Litestar) -> AsyncIterator[None]:
         await task
 
 
+@contextlib.asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The app, its lifespan (worker, event reader) running on this event loop, behind an HTTP client.
+
+    Litestar's AsyncTestClient runs the lifespan on another thread's loop, which the app's background tasks and
+    connection pools cannot share with requests served on the test's loop.
+    """
+    transport = httpx.ASGITransport(app=app)
+    async with running(app), httpx.AsyncClient(transport=transport, base_url="http://widgetry") as client:
+        yield client
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await check():

@@ -14,7 +14,7 @@ from litestar_saq import SAQPlugin
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import update
 
-from tests.support import API_KEY, AUTH, WAIT, eventually, running
+from tests.support import API_KEY, AUTH, WAIT, eventually, serve
 from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
 from widgetry.app import create_app
 from widgetry.domain.models import EventRecord
@@ -191,8 +191,7 @@ async def test_a_command_that_keeps_failing_ends_failed_internal_once_attempts_a
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(CommandService, "apply", broken)
     app = create_app(Settings(api_keys=(API_KEY,), job_attempts=2))
-    transport = httpx.ASGITransport(app=app)
-    async with running(app), httpx.AsyncClient(transport=transport, base_url="http://widgetry") as client:
+    async with serve(app) as client:
         response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
         command = (await client.get(response.headers["location"])).json()
         events = await stream(app)
@@ -268,8 +267,7 @@ async def test_a_job_that_times_out_on_its_last_attempt_ends_the_command_failed(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(CommandService, "apply", hangs)
     app = create_app(Settings(api_keys=(API_KEY,), job_attempts=1, job_timeout_seconds=1))
-    transport = httpx.ASGITransport(app=app)
-    async with running(app), httpx.AsyncClient(transport=transport, base_url="http://widgetry") as client:
+    async with serve(app) as client:
         response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
         command = (await client.get(response.headers["location"])).json()
 
