@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from widgetry.connections import Connections
 
 SWEEP_SECONDS = 10
+REDIS_DEQUEUE_TIMEOUT_S = 1.0
+"""How long one BLMOVE waits for a job: bounded, because an idle worker's blocked dequeues slow its shutdown."""
 """How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
 
 
@@ -128,6 +130,7 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     startup=[startup_hook(connections)],
                     after_process=[end_failed_command],
                     timers={"sweep": SWEEP_SECONDS},
+                    dequeue_timeout=0 if settings.embedded_redis else REDIS_DEQUEUE_TIMEOUT_S,
                     # SAQ's grace period waits for every worker task, idle dequeues included, so any grace is
                     # spent in full on each shutdown. No grace is safe here: an apply is one transaction, and a
                     # cancelled job is retried, its re-run stopped by the sku's applied_seq fence.

@@ -18,7 +18,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from litestar import Litestar
-from sqlalchemy import text
 
 from tests.support import API_KEY, ROOT
 from widgetry.app import create_app
@@ -73,14 +72,22 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def real_settings(database_url: str, redis_prefix: str) -> Settings:
-    return Settings(database_url=database_url, redis_url=REDIS_URL, redis_prefix=redis_prefix, api_keys=(API_KEY,))
+async def empty_database(database_url: str) -> str:
+    """The run's database with its tables emptied: each test starts from nothing."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(f"TRUNCATE {', '.join(TABLES)}")
+    finally:
+        await connection.close()
+    return database_url
 
 
 @pytest.fixture
-async def app(real_settings: Settings) -> AsyncIterator[Litestar]:
-    """The app on PostgreSQL and Redis (in-process worker), starting from empty tables."""
-    application = create_app(real_settings)
-    async with application.state.connections.alchemy.get_engine().begin() as connection:
-        await connection.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
-    yield application
+def real_settings(empty_database: str, redis_prefix: str) -> Settings:
+    return Settings(database_url=empty_database, redis_url=REDIS_URL, redis_prefix=redis_prefix, api_keys=(API_KEY,))
+
+
+@pytest.fixture
+async def app(real_settings: Settings) -> Litestar:
+    """The app on PostgreSQL and Redis (in-process worker)."""
+    return create_app(real_settings)

@@ -27,9 +27,9 @@ def compose_command(service: str) -> list[str]:
 
 
 @pytest.fixture
-def stack(database_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Server, Process]]:
+def stack(empty_database: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Server, Process]]:
     env = {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": empty_database,
         "REDIS_URL": REDIS_URL,
         "WIDGETRY_REDIS_PREFIX": redis_prefix,
         "WIDGETRY_API_KEYS": API_KEY,

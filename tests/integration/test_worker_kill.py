@@ -24,9 +24,9 @@ COMMANDS = 600
 
 
 @pytest.fixture
-def env(database_url: str, redis_prefix: str) -> dict[str, str]:
+def env(empty_database: str, redis_prefix: str) -> dict[str, str]:
     return {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": empty_database,
         "REDIS_URL": REDIS_URL,
         "WIDGETRY_REDIS_PREFIX": redis_prefix,
         "WIDGETRY_API_KEYS": API_KEY,
@@ -43,9 +43,9 @@ def web(env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
 
 
 async def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(
-    web: Server, env: dict[str, str], database_url: str, redis_prefix: str, tmp_path: Path
+    web: Server, env: dict[str, str], redis_prefix: str, tmp_path: Path
 ) -> None:
-    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
+    engine = create_async_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+asyncpg://"))
 
     async def finished() -> int:
         async with engine.connect() as connection:
