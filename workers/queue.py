@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from widgetry.connections import Connections
 
 SWEEP_SECONDS = 10
+"""How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
 REDIS_DEQUEUE_TIMEOUT_S = 1.0
 """How long one BLMOVE waits for a job: bounded, because an idle worker's blocked dequeues slow its shutdown."""
-"""How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
 
 
 class CommandQueue(RedisQueue):
