@@ -7,39 +7,11 @@ Create Date: 2026-11-27 22:31:31.242742
 """
 
 import warnings
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from alembic import op
-from advanced_alchemy.types import Bool, EncryptedString, EncryptedText, GUID, JsonB, ORA_JSONB, DateTimeUTC, StoredObject, PasswordHash, FernetBackend, TOTPSecret, OneTimeCode
-from advanced_alchemy.types.encrypted_string import PGCryptoBackend
-from advanced_alchemy.types.password_hash.argon2 import Argon2Hasher
-from advanced_alchemy.types.password_hash.passlib import PasslibHasher
-from advanced_alchemy.types.password_hash.pwdlib import PwdlibHasher
-from sqlalchemy import Text  # noqa: F401
-
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 __all__ = ("downgrade", "upgrade", "schema_upgrades", "schema_downgrades", "data_upgrades", "data_downgrades")
-
-sa.GUID = GUID
-sa.Bool = Bool
-sa.DateTimeUTC = DateTimeUTC
-sa.JsonB = JsonB
-sa.ORA_JSONB = ORA_JSONB
-sa.EncryptedString = EncryptedString
-sa.EncryptedText = EncryptedText
-sa.StoredObject = StoredObject
-sa.PasswordHash = PasswordHash
-sa.Argon2Hasher = Argon2Hasher
-sa.PasslibHasher = PasslibHasher
-sa.PwdlibHasher = PwdlibHasher
-sa.FernetBackend = FernetBackend
-sa.PGCryptoBackend = PGCryptoBackend
-sa.TOTPSecret = TOTPSecret
-sa.OneTimeCode = OneTimeCode
 
 # revision identifiers, used by Alembic.
 revision = '2d84d928bb8d'

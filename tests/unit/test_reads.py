@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
+from pathlib import Path
 
-from tests.support import AUTH, WAIT
+import httpx
+import pytest
+
+from tests.support import API_KEY, AUTH, WAIT, serve
+from widgetry.app import create_app
+from widgetry.settings import Settings
 
 WIDGETS = [("B-2", "Bolt", 30), ("A-1", "Anchor", 20), ("C-3", "Cog wheel", 10), ("D-4", "big COG", 40)]
 
@@ -82,3 +87,17 @@ async def test_health_ready_and_schema_are_public(client: httpx.AsyncClient) -> 
     assert (await client.get("/ready")).json() == {"database": "ok", "redis": "ok", "events": "ok"}
     schema = (await client.get("/schema/openapi.json")).json()
     assert {"/widgets", "/widgets/{sku}", "/commands/{command_id}", "/events"} <= set(schema["paths"])
+
+
+async def test_a_setting_puts_reads_and_events_behind_keys_but_not_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with serve(create_app(Settings(api_keys=(API_KEY,), protect_reads=True))) as client:
+        refused = [(await client.get(path)).status_code for path in ("/widgets", "/widgets/A-1", "/events")]
+        allowed = (await client.get("/widgets", headers=AUTH)).status_code
+        public = [(await client.get(path)).status_code for path in ("/health", "/ready", "/schema/openapi.json")]
+
+    assert refused == [401, 401, 401]
+    assert allowed == 200
+    assert public == [200, 200, 200]
