@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from saq.queue.redis import RedisQueue
 
 from widgetry.services.intake import APPLY_COMMAND
 from widgetry.settings import WorkerMode
+from widgetry.streaming.hub import wait_for_event
 from workers.jobs import (
     apply_command,
     end_failed_command,
@@ -72,12 +72,12 @@ class EmbeddedRedisQueue(CommandQueue):
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         while True:
             self._wakeup.clear()
-            job_id = await self.redis.lmove(self._queued, self._active, "LEFT", "RIGHT")
+            # Shielded: a fakeredis command cancelled mid-call can leave its connection waiting forever, which
+            # would hang the worker's shutdown. A job moved as the worker stops is re-queued from the database.
+            job_id = await asyncio.shield(self.redis.lmove(self._queued, self._active, "LEFT", "RIGHT"))
             if job_id is not None:
-                return await self._get_job_by_id(job_id)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout or self.WAKE_TIMEOUT):
-                    await self._wakeup.wait()
+                return await asyncio.shield(self._get_job_by_id(job_id))
+            await wait_for_event(self._wakeup, timeout or self.WAKE_TIMEOUT)
             if timeout:
                 return None
 

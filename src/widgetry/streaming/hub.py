@@ -68,6 +68,21 @@ class Filter:
         return (self.skus is None or entry.sku in self.skus) and (self.types is None or entry.type in self.types)
 
 
+async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
+    """Waits until `event` is set or `timeout` passes, and stays cancellable.
+
+    When a cancellation arrives just as the timeout fires, `asyncio.timeout` can report it as the timeout, and a
+    loop around this wait would then run on in a task that was asked to stop (seen: a worker shutdown that never
+    ended). The task's pending cancellation is checked and raised here.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Subscription:
     """A bounded live buffer. A subscriber too slow to keep up is closed, never silently skipped: it resumes by id."""
 
@@ -97,9 +112,7 @@ class Subscription:
         """Returns when an entry arrives, the subscription closes, or `timeout` passes."""
         # Waiting on an event and popping from a deque, rather than `wait_for(queue.get())`, cannot lose an entry
         # when the timeout and a delivery coincide.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wakeup.wait()
+        await wait_for_event(self._wakeup, timeout)
         self._wakeup.clear()
 
 
