@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import REDIS_URL
+from tests.backends import REDIS_URL
 from tests.support import API_KEY, AUTH, ROOT, WAIT, Process, Server, collect_events
 
 

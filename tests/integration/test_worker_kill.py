@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.integration.conftest import REDIS_URL
+from tests.backends import REDIS_URL
 from tests.integration.test_processes import compose_command
 from tests.support import API_KEY, AUTH, Process, Server, eventually
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
