@@ -22,14 +22,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RECOVERY_GRACE = timedelta(seconds=30)
-"""How long an accepted command may wait for its job before the recovery pass queues it again."""
 RECOVERY_BATCH = 1_000
 """Commands the recovery pass queues again per run, oldest first; the next run takes the rest."""
 
 
 async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
-    """Applies one command (and any earlier pending one of its sku), then publishes. Safe to run more than once."""
+    """Applies one command (and any earlier pending one of its sku), then publishes. Safe to run more than once.
+
+    What the command itself gets wrong (the widget exists, is missing, moved on) ends it `failed` at once, inside
+    the service. What is left to raise is the environment failing (the database or Redis unreachable, a
+    deadlock): SAQ runs the job again with backoff, and `end_failed_command` ends it once its attempts are spent.
+    """
     connections: Connections = ctx["connections"]
     async with connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).apply(UUID(command_id))
@@ -46,6 +49,8 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
     command_id = job.kwargs["command_id"]
     logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
     failure = CommandFailed(f"The command could not be applied after {job.attempts} attempts.")
+    # Should the database still be down, this raises and the command stays accepted: the recovery pass queues it
+    # again later, which is what a command deserves when nothing was wrong with it.
     async with connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).mark_failed(UUID(command_id), failure)
     await publish_pending(connections, sku)
@@ -64,7 +69,7 @@ async def relay_unpublished(ctx: dict[str, Any]) -> int:
     connections: Connections = ctx["connections"]
     async with connections.alchemy.get_session() as session:
         skus = await EventService(session=session).skus_with_unpublished(
-            datetime.now(UTC) - RECOVERY_GRACE, limit=RECOVERY_BATCH
+            datetime.now(UTC) - _grace(connections), limit=RECOVERY_BATCH
         )
     for sku in skus:
         await publish_pending(connections, sku)
@@ -75,8 +80,12 @@ async def recover_unfinished(ctx: dict[str, Any]) -> int:
     """Queues again commands accepted a while ago and still unfinished: their enqueue failed (Redis was down at
     intake) or Redis lost their job (a flush, a restart without persistence). A cron job, in every worker mode."""
     connections: Connections = ctx["connections"]
-    accepted_before = datetime.now(UTC) - RECOVERY_GRACE
+    accepted_before = datetime.now(UTC) - _grace(connections)
     return await requeue_unfinished(connections, ctx["worker"].queue, accepted_before)
+
+
+def _grace(connections: Connections) -> timedelta:
+    return timedelta(seconds=connections.settings.recovery_grace_seconds)
 
 
 async def requeue_unfinished(connections: Connections, queue: Queue, accepted_before: datetime | None = None) -> int:
@@ -105,6 +114,10 @@ async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
 def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["connections"] = connections
-        await requeue_unfinished(connections, ctx["worker"].queue)
+        try:
+            await requeue_unfinished(connections, ctx["worker"].queue)
+        except Exception:
+            # A worker starting while the database or Redis is down still starts: the periodic pass recovers.
+            logger.exception("recovery at start-up failed; the periodic recovery pass will retry")
 
     return startup

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.queue.redis import RedisQueue
 
 from widgetry.services.intake import APPLY_COMMAND
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 
     from widgetry.connections import Connections
 
+logger = logging.getLogger(__name__)
+
 SWEEP_SECONDS = 10
 """How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
 REDIS_DEQUEUE_TIMEOUT_S = 1.0
@@ -44,9 +49,20 @@ class CommandQueue(RedisQueue):
     """
 
     SWEEP_ABORT_WAIT_S = 1.0
+    REDIS_DOWN_WAIT_S = 1.0
 
     async def sweep(self, lock: int = 60, abort: float = SWEEP_ABORT_WAIT_S) -> list[str]:
         return await super().sweep(lock, abort=min(abort, self.SWEEP_ABORT_WAIT_S))
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        """SAQ's dequeue, pausing while Redis cannot be reached: SAQ starts the next dequeue at once after a failed
+        one, so a worker would spin a core (silently) for as long as Redis is down, a restart included."""
+        try:
+            return await super().dequeue(timeout, poll_interval)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            logger.warning("cannot reach Redis to dequeue (%s); retrying in %ss", error, self.REDIS_DOWN_WAIT_S)
+            await asyncio.sleep(self.REDIS_DOWN_WAIT_S)
+            return None
 
 
 class EmbeddedRedisQueue(CommandQueue):
@@ -107,6 +123,14 @@ def build_queue(connections: Connections) -> CommandQueue:
     )
 
 
+def every(seconds: int) -> str:
+    """A cron expression for "every `seconds`": whole minutes in the five-field form, else croniter's sixth
+    (seconds) field, which SAQ's scheduler accepts."""
+    if seconds >= 60:
+        return f"*/{max(seconds // 60, 1)} * * * *"
+    return f"* * * * * */{max(seconds, 1)}"
+
+
 def saq_plugin(connections: Connections) -> SAQPlugin:
     settings = connections.settings
     queue = build_queue(connections)
@@ -121,8 +145,10 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     broker_instance=connections.redis,
                     tasks=[(APPLY_COMMAND, apply_command)],
                     scheduled_tasks=[
-                        CronJob(function=recover_unfinished, cron="* * * * *", timeout=60),
-                        CronJob(function=relay_unpublished, cron="* * * * *", timeout=60),
+                        CronJob(
+                            function=recover_unfinished, cron=every(settings.recovery_interval_seconds), timeout=60
+                        ),
+                        CronJob(function=relay_unpublished, cron=every(settings.recovery_interval_seconds), timeout=60),
                         CronJob(function=purge_expired, cron="17 * * * *", timeout=300),
                     ],
                     concurrency=settings.worker_concurrency,

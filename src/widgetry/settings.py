@@ -34,7 +34,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     keepalive_seconds: float = 15.0
     command_retention_days: int = 7
     job_timeout_seconds: int = 30
-    job_attempts: int = 5
+    job_attempts: int = 10
+    """Attempts per apply job. Only transient errors (database or Redis unreachable) spend them: with SAQ's
+    exponential backoff (1 s doubling to at most 30 s, jittered) ten attempts ride out a minute-long outage."""
+    recovery_interval_seconds: int = 60
+    """How often each worker looks for accepted commands whose job was lost, and for events left unpublished."""
+    recovery_grace_seconds: int = 30
+    """How long an accepted command may wait for its job before the recovery pass queues it again."""
     debug: bool = False
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from widgetry.domain.commands import (
     Command,
@@ -36,6 +37,8 @@ from widgetry.services.widgets import WidgetService
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+
+logger = logging.getLogger(__name__)
 
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
 
@@ -130,6 +133,15 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             event_type, version, data = await _execute(widgets, record.sku or "", load_command(record.payload))
         except CommandFailed as failure:
             return _fail(record, failure)
+        except SQLAlchemyError:
+            # The database failing (unreachable, a deadlock) is the environment, not the command, and it leaves
+            # the transaction unusable: the whole job is retried with backoff.
+            raise
+        except Exception as error:
+            # Anything else is this command's own and would fail every retry the same way: it fails now, and the
+            # commands after it still apply.
+            logger.exception("command %s cannot be applied", record.id)
+            return _fail(record, CommandFailed(f"The command could not be applied ({type(error).__name__})."))
         record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
         return _event(record, event_type, version, data)
 

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 APPLY_COMMAND = "apply_command"
+RETRY_DELAY_S = 1.0
+MAX_RETRY_DELAY_S = 30.0
+"""A failed attempt waits about 1 s, then twice as long each time up to 30 s (SAQ jitters each wait)."""
 
 
 async def enqueue(queue: Queue, settings: Settings, command_id: UUID) -> None:
@@ -39,7 +42,7 @@ async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> None:
         command_id=str(command_id),
         retries=settings.job_attempts,
         timeout=settings.job_timeout_seconds,
-        retry_delay=0.5,
-        retry_backoff=10.0,
+        retry_delay=RETRY_DELAY_S,
+        retry_backoff=MAX_RETRY_DELAY_S,
         ttl=600,
     )
