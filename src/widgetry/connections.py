@@ -12,10 +12,14 @@ from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
     SQLAlchemyAsyncConfig,
 )
+from asyncpg import exceptions as asyncpg_errors
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.streaming.publisher import EventPublisher
@@ -24,6 +28,32 @@ if TYPE_CHECKING:
     from widgetry.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_S = 30
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionRefusedError, ConnectionResetError, and the built-in TimeoutError
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,  # SQLAlchemy's wrapper for a connection that failed (and SQLite's "database is locked")
+    InterfaceError,
+    asyncpg_errors.PostgresConnectionError,  # "connection was closed in the middle of operation"
+    asyncpg_errors.OperatorInterventionError,  # "the database system is shutting down", admin shutdown
+    asyncpg_errors.InterfaceError,
+    asyncpg_errors.InternalClientError,  # a connection left mid-operation when the server went away
+)
+
+
+def is_unavailable(error: BaseException | None) -> bool:
+    """Whether an error means the database or Redis could not be reached or dropped the connection, so the same
+    request can succeed later. The chain of causes is searched: asyncpg raises its own errors from a pool connect,
+    SQLAlchemy wraps them, and Advanced Alchemy wraps SQLAlchemy's (a dropped connection can surface as its
+    `IntegrityError`)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UNAVAILABLE) or (isinstance(error, DBAPIError) and error.connection_invalidated):
+            return True
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return False
 
 
 def migrations_path() -> Path:

@@ -9,10 +9,8 @@ from typing import Any
 
 from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
+from widgetry.connections import is_unavailable
 from widgetry.domain.problems import PROBLEM_BASE, Problem
 
 logger = logging.getLogger(__name__)
@@ -98,6 +96,8 @@ def from_unavailable(exc: Exception) -> ProblemDetailsException:
 
 
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
+    if is_unavailable(exc):
+        return from_unavailable(exc)
     logger.exception("unhandled error", exc_info=exc)
     return problem_exception(500, "An unexpected error occurred; it has been logged.")
 
@@ -108,11 +108,8 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
             exception_to_problem_detail_map={
                 HTTPException: from_http_exception,
                 Problem: from_problem,
-                OperationalError: from_unavailable,
-                InterfaceError: from_unavailable,
-                ConnectionError: from_unavailable,
-                RedisConnectionError: from_unavailable,
-                RedisTimeoutError: from_unavailable,
+                # Errors from the database and Redis come wrapped in many ways (see `is_unavailable`): each is
+                # classified by its chain of causes, as unavailable (503, try again) or unexpected (500).
                 Exception: from_unexpected,
             }
         )
