@@ -86,6 +86,16 @@ class Stack:
         return Process(args, self.env, self.cwd, f"worker-{n}-{self._started[f'worker-{n}']}")
 
 
+Write = tuple[str, str, dict[str, Any] | None]
+"""(method, sku, body)"""
+
+
+def widget_writes(sku: str, patches: int) -> list[Write]:
+    """A create, then `patches` patches of the same widget: its row ends at version `patches + 1`."""
+    create = ("POST", sku, {"sku": sku, "name": f"{sku} v1", "price_cents": 100})
+    return [create, *(("PATCH", sku, {"name": f"{sku} v{n}", "price_cents": 100 * n}) for n in range(2, patches + 2))]
+
+
 @dataclass
 class Submitted:
     id: str
@@ -103,6 +113,8 @@ class Submitter:
     commands: list[Submitted] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     retries: int = 0
+    not_problems: int = 0
+    """Error responses that were not `application/problem+json`."""
 
     async def __aenter__(self) -> Submitter:
         limits = httpx.Limits(max_connections=self.concurrency * 2)
@@ -117,10 +129,10 @@ class Submitter:
         for client in self._clients:
             await client.aclose()
 
-    async def sequences(self, writes: Iterable[list[tuple[str, str, dict[str, Any] | None]]]) -> None:
+    async def sequences(self, writes: Iterable[list[Write]]) -> None:
         """Runs each list of writes in order (one sku's, so its accept order is known), the lists concurrently."""
 
-        async def run(sequence: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        async def run(sequence: list[Write]) -> None:
             for method, sku, body in sequence:
                 await self.submit(method, sku, body)
 
@@ -139,6 +151,8 @@ class Submitter:
                     response = None
                 if response is not None:
                     self.statuses[response.status_code] += 1
+                    problem = response.headers.get("content-type", "").startswith("application/problem+json")
+                    self.not_problems += response.status_code >= 400 and not problem
                     if response.status_code not in RETRYABLE_STATUS:
                         break
                 if asyncio.get_running_loop().time() > deadline:

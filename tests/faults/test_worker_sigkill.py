@@ -9,7 +9,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.faults.harness import Probe, Stack, Submitter, account, at_least, at_most, expected_rows, stack_env
+from tests.faults.harness import (
+    Probe,
+    Stack,
+    Submitter,
+    account,
+    at_least,
+    at_most,
+    expected_rows,
+    stack_env,
+    widget_writes,
+)
 from tests.faults.servers import RedisServer
 from tests.support import eventually
 
@@ -18,12 +28,6 @@ PATCHES = 3
 COMMANDS = SKUS * (1 + PATCHES)
 KILL_AT = (0.2, 0.45, 0.7)
 """Kill the worker when this share of the commands has finished."""
-
-
-def writes(sku: str) -> list[tuple[str, str, dict[str, object] | None]]:
-    create = ("POST", sku, {"sku": sku, "name": f"{sku} v1", "price_cents": 100})
-    patches = [("PATCH", sku, {"name": f"{sku} v{n}", "price_cents": 100 * n}) for n in range(2, PATCHES + 2)]
-    return [create, *patches]
 
 
 async def test_workers_killed_three_times_lose_and_duplicate_nothing(
@@ -35,7 +39,7 @@ async def test_workers_killed_three_times_lose_and_duplicate_nothing(
     kills: list[int] = []
     try:
         async with Submitter(stack.urls, concurrency=40) as submitter:
-            sending = asyncio.create_task(submitter.sequences(writes(f"KILL-{n}") for n in range(SKUS)))
+            sending = asyncio.create_task(submitter.sequences(widget_writes(f"KILL-{n}", PATCHES) for n in range(SKUS)))
             for share in KILL_AT:
                 await eventually(lambda share=share: at_least(probe.finished, share * COMMANDS), 120, "progress")
                 stack.kill_worker(0)
