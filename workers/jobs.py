@@ -45,6 +45,9 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
     job = ctx.get("job")
     if job is None or job.function != APPLY_COMMAND or job.status not in (Status.FAILED, Status.ABORTED):
         return
+    if job.status is Status.ABORTED and job.retryable:
+        # Aborted by SAQ's sweep (it ran past its timeout), which queues it again once this hook has run.
+        return
     connections: Connections = ctx["connections"]
     command_id = job.kwargs["command_id"]
     logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)

@@ -178,6 +178,8 @@ class Ledger:
     gaps: int
     unpublished: int
     rows: dict[str, tuple[str, int, int]]
+    recorded: int
+    """Commands in the database, whoever sent them: equal to `commands` unless a duplicate was recorded."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -191,7 +193,7 @@ class Ledger:
     def line(self) -> str:
         extra = "".join(f" {name}={value}" for name, value in self.extra.items())
         return (
-            f"faults[{self.name}]: commands={self.commands} applied={self.applied} failed={self.failed} "
+            f"faults[{self.name}]: commands={self.commands} recorded={self.recorded} applied={self.applied} failed={self.failed} "
             f"lost={self.lost} duplicated={self.duplicated} events={len(self.events)} gaps={self.gaps} "
             f"unpublished={self.unpublished}{extra}"
         )
@@ -259,6 +261,7 @@ async def account(
         gaps=count_gaps(events),
         unpublished=sum(1 for e in outbox if e.stream_id is None),
         rows=rows,
+        recorded=len(records),
     )
 
 

@@ -1,0 +1,107 @@
+"""SSE clients cut mid-stream resume without a gap or a duplicate.
+
+20 clients follow `/events` during a 5,000-event run; each cuts its connection 25 times at random points and
+resumes with the id of the last event it received (`Last-Event-ID`). Each must end with exactly the stream's
+full sequence, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import httpx
+import msgspec
+from httpx_sse import aconnect_sse
+
+from tests.faults.harness import (
+    Probe,
+    Stack,
+    Submitter,
+    account,
+    at_least,
+    at_most,
+    stack_env,
+    widget_writes,
+)
+from tests.faults.servers import RedisServer
+from tests.support import eventually
+
+CLIENTS = 20
+RESUMES = 25
+SKUS = 1250
+PATCHES = 3
+EVENTS = SKUS * (1 + PATCHES)
+SEED = 20261127
+
+
+class Follower:
+    """One SSE client: follows the stream, cuts its connection after the events drawn for it, and resumes."""
+
+    def __init__(self, url: str, cuts: list[int]) -> None:
+        self.url = url
+        self.cuts = cuts
+        self.received: list[tuple[str, str]] = []
+        self.connections = 0
+        self.connected = asyncio.Event()
+
+    async def follow(self) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as client:
+            while len(self.received) < EVENTS:
+                headers = {"Last-Event-ID": self.received[-1][0]} if self.received else {}
+                async with aconnect_sse(client, "GET", f"{self.url}/events", headers=headers) as source:
+                    source.response.raise_for_status()
+                    self.connections += 1
+                    self.connected.set()
+                    async for event in source.aiter_sse():
+                        if not event.data:
+                            continue
+                        self.received.append((event.id, msgspec.json.decode(event.data)["event_id"]))
+                        if self.cuts and len(self.received) >= self.cuts[0]:
+                            self.cuts.pop(0)
+                            break  # leaving the block closes the connection mid-stream
+                        if len(self.received) >= EVENTS:
+                            return
+
+
+async def test_clients_cut_and_resumed_get_every_event_once_in_order(
+    fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
+) -> None:
+    env = stack_env(fault_database, redis_server.url, fault_prefix, WIDGETRY_SSE_CONNECTIONS_PER_CLIENT="100")
+    rng = random.Random(SEED)  # noqa: S311 - reproducible cut points, not secrets
+    probe = Probe(fault_database)
+    stack = Stack(env, tmp_path, workers=2, concurrency=20)
+    try:
+        followers = [Follower(stack.urls[0], sorted(rng.sample(range(1, EVENTS), RESUMES))) for _ in range(CLIENTS)]
+        following = [asyncio.create_task(follower.follow()) for follower in followers]
+        await asyncio.wait_for(asyncio.gather(*(f.connected.wait() for f in followers)), 30)
+        async with Submitter(stack.urls, concurrency=40) as submitter:
+            await submitter.sequences(widget_writes(f"SSE-{n}", PATCHES) for n in range(SKUS))
+        await eventually(lambda: at_least(probe.finished, EVENTS), 120, "every command to finish")
+        await eventually(lambda: at_most(probe.unpublished, 0), 60, "every event to be published")
+        await asyncio.wait_for(asyncio.gather(*following), 120)
+    finally:
+        stack.close()
+        await probe.close()
+
+    ledger = await account("sse-churn", fault_database, redis_server.url, fault_prefix, submitter.commands)
+    expected = [event["event_id"] for event in ledger.events]
+    exact = sum([event_id for _id, event_id in follower.received] == expected for follower in followers)
+    duplicated = sum(len(f.received) - len({event_id for _id, event_id in f.received}) for f in followers)
+    missing = sum(len(set(expected) - {event_id for _id, event_id in f.received}) for f in followers)
+    ledger.extra = {
+        "clients": CLIENTS,
+        "connections": sum(f.connections for f in followers),
+        "clients_exact": exact,
+        "client_duplicates": duplicated,
+        "client_missing": missing,
+        "seed": SEED,
+    }
+    print(ledger.line())
+    assert len(expected) == EVENTS
+    assert all(f.connections == RESUMES + 1 for f in followers)
+    assert (duplicated, missing) == (0, 0)
+    assert exact == CLIENTS
+    assert ledger.recorded == ledger.commands
+    assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)
