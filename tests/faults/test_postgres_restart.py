@@ -72,4 +72,5 @@ async def test_a_postgres_restart_mid_run_is_ridden_out(
     assert ledger.statuses == {"succeeded": COMMANDS}
     assert ledger.rows == expected_rows(submitter.commands, seqs)
     assert len(ledger.events) == COMMANDS
+    assert ledger.recorded == ledger.commands
     assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)

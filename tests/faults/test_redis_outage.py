@@ -79,4 +79,5 @@ async def test_a_flush_and_a_restart_of_redis_lose_no_accepted_command(
     assert ledger.statuses == {"succeeded": COMMANDS}
     assert ledger.rows == expected_rows(submitter.commands, seqs)
     assert len(ledger.events) == COMMANDS
+    assert ledger.recorded == ledger.commands
     assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)

@@ -61,4 +61,5 @@ async def test_workers_killed_three_times_lose_and_duplicate_nothing(
     assert ledger.rows == expected_rows(submitter.commands, seqs)
     assert all(version == 1 + PATCHES for _name, _price, version in ledger.rows.values())
     assert len(ledger.events) == COMMANDS
+    assert ledger.recorded == ledger.commands
     assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)
