@@ -1,22 +1,42 @@
-"""`widgetry`: Litestar's CLI with the app preset, plus `run` and `workers run --concurrency`.
+"""`widgetry`: Litestar's CLI with the app preset, plus `run`, `workers run --concurrency` and `commands ...`.
 
-Advanced Alchemy contributes `database ...` and litestar-saq `workers ...`; this plugin adjusts two commands.
+Advanced Alchemy contributes `database ...` and litestar-saq `workers ...`; this plugin adjusts two commands and
+adds the operator's `commands failed` and `commands retry`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
+import anyio
 import click
+import msgspec
+from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
+from redis.exceptions import RedisError
+
+from widgetry.domain.problems import PROBLEM_BASE
+from widgetry.services.commands import CommandService, RetryRefused
+from widgetry.services.intake import dispatch
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
+    from widgetry.connections import Connections
+    from widgetry.domain.models import CommandRecord
+    from widgetry.settings import Settings
+
 APP_PATH = "widgetry.app:create_app"
 GRACEFUL_SHUTDOWN_S = 5
+QUEUE_TIMEOUT_S = 10
+"""How long `commands retry` tries to reach Redis before leaving the command to the recovery pass."""
+
+T = TypeVar("T")
 
 
 def main() -> None:
@@ -29,6 +49,7 @@ def main() -> None:
 class WidgetryCLIPlugin(CLIPlugin):
     def on_cli_init(self, cli: click.Group) -> None:
         cli.add_command(run_command)
+        cli.add_command(commands_group)
         workers = cli.commands.get("workers")
         if isinstance(workers, click.Group) and "run" in workers.commands:
             saq_run = workers.commands["run"]
@@ -80,3 +101,126 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
         ctx.invoke(saq_run, workers=processes)
 
     return run_workers
+
+
+@click.group(cls=LitestarGroup, name="commands", help="Inspect and retry failed commands.")
+def commands_group() -> None:
+    """The operator's view of the command records (the database, not the queue, is their source of truth)."""
+
+
+class FailedCommand(msgspec.Struct, frozen=True):
+    """A failed command as `commands failed` shows it: what it was, when it ended, and why."""
+
+    id: UUID
+    type: str
+    sku: str | None
+    finished_at: datetime | None
+    problem: str
+    """The problem `type` without its `/problems/` prefix: `internal`, `widget-exists`, ..."""
+    detail: str
+
+    @classmethod
+    def of(cls, record: CommandRecord) -> FailedCommand:
+        error = record.error or {}
+        return cls(
+            id=record.id,
+            type=record.type,
+            sku=record.sku,
+            finished_at=record.finished_at,
+            problem=str(error.get("type", "")).removeprefix(PROBLEM_BASE),
+            detail=str(error.get("detail", "")),
+        )
+
+
+@commands_group.command(name="failed", help="List the commands that ended failed, newest first.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
+def failed_command(app: Litestar, limit: int, as_json: bool) -> None:
+    async def failed(connections: Connections) -> list[FailedCommand]:
+        async with connections.alchemy.get_session() as session:
+            return [FailedCommand.of(record) for record in await CommandService(session=session).failed(limit)]
+
+    commands = _run(app, failed)
+    if as_json:
+        click.echo(msgspec.json.encode(commands).decode())
+    elif commands:
+        click.echo(_table(commands))
+    else:
+        click.echo("No failed commands.")
+
+
+@commands_group.command(
+    name="retry",
+    short_help="Re-queue a failed command, as its sku's newest.",
+    help="Re-queue a failed command. It is accepted again as its sku's newest command, so it takes effect after "
+    "every command accepted before the retry, and is queued. When Redis cannot be reached, and always on the "
+    "embedded defaults (no REDIS_URL: the queue lives inside the server's process; run this in the server's "
+    "working directory, where its SQLite file is), the workers' recovery pass queues it instead: it runs every "
+    "WIDGETRY_RECOVERY_INTERVAL_SECONDS (60) and takes commands accepted more than WIDGETRY_RECOVERY_GRACE_SECONDS "
+    "(30) earlier.",
+)
+@click.argument("command_id", metavar="ID", type=click.UUID)
+def retry_command(app: Litestar, command_id: UUID) -> None:
+    settings: Settings = app.state.settings
+
+    async def retry(connections: Connections) -> list[str]:
+        async with connections.alchemy.get_session() as session:
+            try:
+                record = await CommandService(session=session).retry(command_id)
+            except RetryRefused as refused:
+                raise click.ClickException(str(refused)) from None
+        accepted = f"Command {record.id} ({record.type} {record.sku}) is accepted again, as its sku's newest."
+        if settings.embedded_redis:
+            elsewhere = "No REDIS_URL: the queue lives inside the server's process, out of this command's reach."
+            return [accepted, elsewhere, _recovery(settings, "the server's")]
+        from litestar_saq import SAQPlugin  # noqa: PLC0415
+
+        try:
+            with anyio.fail_after(QUEUE_TIMEOUT_S):
+                await dispatch(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, record.id)
+        except (RedisError, OSError) as error:
+            unreachable = f"Redis could not be reached ({str(error).rstrip('.') or type(error).__name__})."
+            return [accepted, unreachable, _recovery(settings, "the workers'")]
+        return [accepted, "Queued: a worker applies it after the commands accepted before it."]
+
+    click.echo("\n".join(_run(app, retry)))
+
+
+def _recovery(settings: Settings, whose: str) -> str:
+    interval, grace = settings.recovery_interval_seconds, settings.recovery_grace_seconds
+    return (
+        f"It stays accepted, and {whose} recovery pass queues it within about {interval + grace} s "
+        f"(it runs every {interval} s and takes commands accepted more than {grace} s earlier)."
+    )
+
+
+def _run(app: Litestar, work: Callable[[Connections], Awaitable[T]]) -> T:
+    """Runs one operator action on the app's database and Redis clients in an event loop of its own, as Advanced
+    Alchemy's CLI commands do, then closes them: a CLI command has no lifespan to do it."""
+    connections: Connections = app.state.connections
+
+    async def run() -> T:
+        try:
+            return await work(connections)
+        finally:
+            await connections.redis.aclose()
+            await connections.alchemy.get_engine().dispose()
+
+    return anyio.run(run)
+
+
+def _table(commands: list[FailedCommand]) -> str:
+    rows = [("FINISHED", "ID", "TYPE", "SKU", "PROBLEM", "DETAIL")]
+    rows += [
+        (
+            command.finished_at.isoformat(timespec="seconds") if command.finished_at else "-",
+            str(command.id),
+            command.type,
+            command.sku or "-",
+            command.problem,
+            command.detail,
+        )
+        for command in commands
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(map(str.ljust, row, widths)).rstrip() for row in rows)

@@ -14,7 +14,7 @@ from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityErr
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+
+
+class RetryRefused(Exception):
+    """A retry that was not made: the command is unknown or did not fail. Nothing was changed."""
 
 
 class CommandRepository(SQLAlchemyAsyncRepository[CommandRecord]):
@@ -101,7 +105,9 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         Re-running it (a re-delivered job, or a sibling job that already drained this one) changes nothing: the
         sku's `applied_seq` is the fence. Returns the sku, whose committed events are then to be published.
         """
-        record = await self.get_one_or_none(id=command_id)  # only its sku and seq, which never change, are used
+        # Only its sku and seq are used. A retry may move a failed command's seq on meanwhile: a job that read the old
+        # one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
+        record = await self.get_one_or_none(id=command_id)
         if record is None or record.sku is None:
             return None
         applied_seq = await lock_head(self.session, record.sku)
@@ -170,6 +176,49 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             self.session.add(_fail(record, failure))
         await self.session.commit()
         return record.sku
+
+    async def failed(self, limit: int) -> Sequence[CommandRecord]:
+        """Commands that ended `failed`, newest first: what an operator looks at before retrying one."""
+        return await self.get_many(
+            CommandRecord.status == CommandStatus.FAILED.value,
+            OrderBy("finished_at", "desc"),
+            LimitOffset(limit=limit, offset=0),
+        )
+
+    async def retry(self, command_id: UUID) -> CommandRecord:
+        """Accepts a failed command again as the newest command of its sku, and commits; the caller queues it.
+
+        It takes the sku's next `seq`, not its old place: it then takes effect after every command accepted before
+        the retry (and an old seq may be behind `applied_seq` already, where no job would apply it). `accepted_at`
+        becomes now, telling the same order, and the recovery pass treats it as any command just accepted: queued
+        again once its grace has passed if no job has applied it. Under the sku's lock, and only if it is still
+        `failed`, so two retries of one command re-accept it once.
+        """
+        record = await self.get_one_or_none(id=command_id)
+        if record is None or record.sku is None:
+            raise RetryRefused(f"There is no command {command_id}.")
+        await lock_head(self.session, record.sku)
+        await self.session.refresh(record)
+        if record.status != CommandStatus.FAILED.value:
+            refused = RetryRefused(f"Command {command_id} is {record.status}: only a failed command can be retried.")
+            await self.session.rollback()
+            raise refused
+        result = await self.session.execute(
+            update(CommandRecord)
+            .where(CommandRecord.id == record.id)
+            .values(
+                seq=await self._next_seq(record.sku),
+                status=CommandStatus.ACCEPTED.value,
+                accepted_at=datetime.now(UTC),
+                finished_at=None,
+                error=null(),  # SQL NULL, as on a command that never ran: the ORM would store None as JSON `null`
+            )
+            .returning(CommandRecord),
+            execution_options={"populate_existing": True},
+        )
+        retried = result.scalar_one()
+        await self.session.commit()
+        return retried
 
     async def purge_finished_before(self, cutoff: datetime) -> int:
         """Forgets commands that finished before `cutoff` (they are kept for the retention period, not forever)."""
