@@ -10,6 +10,7 @@ from importlib.metadata import version
 import anyio
 from advanced_alchemy.extensions.litestar import AlembicCommands, SQLAlchemyPlugin
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -18,6 +19,13 @@ from litestar_saq import SAQPlugin
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
 from widgetry.api.events import stream_events, stream_widget_events
+from widgetry.api.limits import (
+    RATE_LIMIT_EXEMPT,
+    RATE_LIMIT_STORE,
+    OpenStreams,
+    rate_limit_config,
+    rate_limit_store,
+)
 from widgetry.api.ops import health, ready
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.security import ApiKeys, api_key_guard
@@ -31,6 +39,7 @@ from workers.queue import saq_plugin
 logger = logging.getLogger("widgetry")
 
 MAX_BODY_BYTES = 1024 * 1024
+CORS_EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -43,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         keepalive=settings.keepalive_seconds,
     )
     read_guards = [api_key_guard] if settings.protect_reads else []
+    rate_limit = rate_limit_config(settings)
     return Litestar(
         route_handlers=[
             # Reads and writes share paths (`/widgets`), and Litestar gives each path one automatic OPTIONS
@@ -62,9 +72,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     delete_widget,
                 ],
             ),
-            Router("/", route_handlers=[health, ready]),
+            Router("/", route_handlers=[health, ready], opt={RATE_LIMIT_EXEMPT: True}),
         ],
         dependencies=DEPENDENCIES,
+        middleware=[rate_limit.middleware] if rate_limit else [],
+        stores={RATE_LIMIT_STORE: rate_limit_store(connections.redis, settings)} if rate_limit else None,
+        cors_config=_cors_config(settings),
         plugins=[
             SQLAlchemyPlugin(config=connections.alchemy),
             saq_plugin(connections),
@@ -76,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "connections": connections,
                 "hub": hub,
+                "open_streams": OpenStreams(settings.sse_connections_per_client),
                 "api_keys": ApiKeys(settings.effective_api_keys),
             }
         ),
@@ -90,6 +104,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=settings.debug,
     )
+
+
+def _cors_config(settings: Settings) -> CORSConfig | None:
+    """No CORS headers at all unless origins are listed. Keys travel in headers, not cookies: no credentials."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(allow_origins=list(settings.cors_origins), expose_headers=CORS_EXPOSED_HEADERS)
 
 
 @asynccontextmanager

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Literal, cast
 
 import msgspec
+
+RateUnit = Literal["second", "minute", "hour", "day"]
+RATE_LIMIT = re.compile(r"^\s*(?P<count>[1-9][0-9]*)\s*/\s*(?P<unit>second|minute|hour|day)\s*$")
+RATE_LIMIT_OFF = "off"
 
 
 class WorkerMode(StrEnum):
@@ -41,7 +47,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """How often each worker looks for accepted commands whose job was lost, and for events left unpublished."""
     recovery_grace_seconds: int = 30
     """How long an accepted command may wait for its job before the recovery pass queues it again."""
+    rate_limit: str = "1200/minute"
+    """Requests per API key (per client address for requests without a valid key): `<count>/<second|minute|hour|day>`
+    or `off`. The default, 20 a second on average with bursts up to the minute's budget, is far above what a person
+    or a polite script sends (bulk writes go through `/widgets/imports`), yet stops one client from flooding the
+    command table and the queue. The window is a minute because Litestar keeps one timestamp per request in it."""
+    sse_connections_per_client: Annotated[int, msgspec.Meta(ge=1)] = 20
+    """Open event streams per API key (per client address without a valid key), counted in each web process.
+    A browser holds one per tab; twenty leaves room for several tabs and dashboards behind one address."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins that browsers may call the API from; none (the default) sends no CORS headers at all."""
     debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rate_limit.strip() != RATE_LIMIT_OFF and not RATE_LIMIT.match(self.rate_limit):
+            raise ValueError(f"rate_limit must be '<count>/<second|minute|hour|day>' or 'off', not {self.rate_limit!r}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -52,7 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
             if raw is None or raw == "":
                 continue
             values[field.name] = (
-                tuple(k.strip() for k in raw.split(",") if k.strip()) if field.name == "api_keys" else raw
+                tuple(item.strip() for item in raw.split(",") if item.strip()) if field.name in _LISTS else raw
             )
         return msgspec.convert(values, cls, strict=False)
 
@@ -82,6 +102,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         return url
 
     @property
+    def rate_limit_rule(self) -> tuple[RateUnit, int] | None:
+        """The limit as Litestar's rate limiter takes it, `(unit, count)`; `None` when it is off."""
+        if not (found := RATE_LIMIT.match(self.rate_limit)):
+            return None
+        return cast("RateUnit", found["unit"]), int(found["count"])
+
+    @property
     def queue_name(self) -> str:
         return self.redis_prefix
 
@@ -102,3 +129,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
 
 
 _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+_LISTS = {"api_keys", "cors_origins"}
+"""Settings given as one comma-separated variable."""

@@ -18,11 +18,18 @@ class ApiKeys:
         self._digests = tuple(_digest(key) for key in keys)
 
     def accepts(self, presented: str | None) -> bool:
+        return self.fingerprint(presented) is not None
+
+    def fingerprint(self, presented: str | None) -> str | None:
+        """The hex digest of an accepted key, to name it where it must be told apart from others (per-key limits)
+        without writing the key itself anywhere; `None` for a missing or unknown key."""
         if not presented:
-            return False
+            return None
         digest = _digest(presented)
         # Compare against every key, so the time taken does not tell which one nearly matched.
-        return any([hmac.compare_digest(digest, known) for known in self._digests])  # noqa: C419
+        if any([hmac.compare_digest(digest, known) for known in self._digests]):  # noqa: C419
+            return digest.hex()
+        return None
 
 
 def presented_key(connection: ASGIConnection) -> str | None:
