@@ -1,0 +1,68 @@
+"""Which failures fail a command at once, and which are retried: the command's own error is permanent, the
+database failing is the environment's and is retried with backoff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from sqlalchemy.exc import OperationalError
+
+from tests.support import AUTH, WAIT
+from tests.unit.state import outbox, widget_row
+from widgetry.services import commands as command_service
+
+
+async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_commands_still_apply(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = command_service._execute  # noqa: SLF001
+    runs: list[str] = []
+
+    async def broken_for_one_sku(widgets: Any, sku: str, command: Any) -> Any:
+        runs.append(sku)
+        if sku == "BROKEN-1":
+            raise ValueError("this command cannot be applied")
+        return await execute(widgets, sku, command)
+
+    monkeypatch.setattr(command_service, "_execute", broken_for_one_sku)
+
+    failed = await client.post("/widgets", json={"sku": "BROKEN-1", "name": "B", "price_cents": 1}, headers=AUTH | WAIT)
+    applied = await client.post("/widgets", json={"sku": "FINE-1", "name": "F", "price_cents": 2}, headers=AUTH | WAIT)
+
+    assert failed.status_code == 500
+    problem = failed.json()
+    assert problem["type"].endswith("/internal")
+    assert "ValueError" in problem["detail"]
+    assert runs.count("BROKEN-1") == 1, "a permanent failure is not retried"
+    assert applied.status_code == 200
+    assert await widget_row(app, "BROKEN-1") is None
+    assert (await widget_row(app, "FINE-1")) is not None
+    events = [(event.type, event.sku) for event in await outbox(app)]
+    assert events == [("command.failed", "BROKEN-1"), ("widget.created", "FINE-1")]
+
+
+async def test_the_database_failing_is_retried_and_the_command_then_succeeds(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = command_service._execute  # noqa: SLF001
+    attempts: list[int] = []
+
+    async def down_twice(widgets: Any, sku: str, command: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("the database is restarting"))
+        return await execute(widgets, sku, command)
+
+    monkeypatch.setattr(command_service, "_execute", down_twice)
+
+    response = await client.post(
+        "/widgets", json={"sku": "RETRY-1", "name": "R", "price_cents": 3}, headers=AUTH | WAIT
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "succeeded"
+    assert len(attempts) == 3
+    assert [event.type for event in await outbox(app)] == ["widget.created"]
