@@ -12,7 +12,9 @@ from sqlalchemy.exc import OperationalError
 
 from tests.support import AUTH, WAIT
 from tests.unit.state import outbox, widget_row
+from widgetry.domain.commands import CreateWidget, UpdateWidget
 from widgetry.services import commands as command_service
+from widgetry.services.commands import CommandService
 
 
 async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_commands_still_apply(
@@ -66,3 +68,20 @@ async def test_the_database_failing_is_retried_and_the_command_then_succeeds(
     assert response.json()["status"] == "succeeded"
     assert len(attempts) == 3
     assert [event.type for event in await outbox(app)] == ["widget.created"]
+
+
+async def test_a_job_whose_command_a_later_job_already_applied_changes_nothing(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    """Batching in action: the second command's job applies both, the first's then finds nothing to do."""
+    async with app.state.connections.alchemy.get_session() as session:
+        service = CommandService(session=session)
+        first, _ = await service.accept("ORDER-1", CreateWidget(values={"name": "One", "price_cents": 1}))
+        second, _ = await service.accept("ORDER-1", UpdateWidget(changes={"price_cents": 2}))
+        assert await service.apply(second.id) == "ORDER-1"
+        assert await service.apply(first.id) == "ORDER-1"
+
+    row = await widget_row(app, "ORDER-1")
+    assert row is not None
+    assert (row.price_cents, row.version) == (2, 2)
+    assert [event.type for event in await outbox(app)] == ["widget.created", "widget.updated"]

@@ -110,10 +110,11 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         record = await self.get_one_or_none(id=command_id)
         if record is None or record.sku is None:
             return None
-        applied_seq = await lock_head(self.session, record.sku)
+        sku = record.sku  # read before a rollback expires the record
+        applied_seq = await lock_head(self.session, sku)
         if record.seq <= applied_seq:
             await self.session.rollback()
-            return record.sku
+            return sku
         pending = await self.session.scalars(
             select(CommandRecord)
             .where(
