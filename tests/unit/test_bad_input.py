@@ -170,3 +170,42 @@ async def test_a_nul_character_is_refused(client: httpx.AsyncClient, app: Litest
     problem = assert_problem(response, 422)
     assert [p["name"] for p in problem["invalid_params"]] == [field]
     await assert_nothing_happened(app)
+
+
+async def test_a_search_with_a_nul_character_is_422(client: httpx.AsyncClient) -> None:
+    problem = assert_problem(await client.get("/widgets", params={"search": "a\x00b"}), 422)
+
+    assert [p["name"] for p in problem["invalid_params"]] == ["search"]
+
+
+async def test_an_idempotency_key_with_a_nul_character_is_refused(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post("/widgets", json=GOOD, headers=AUTH | {"Idempotency-Key": "key\x00"})
+
+    problem = assert_problem(response, 422)
+    assert problem["type"].endswith("/invalid")
+    await assert_nothing_happened(app)
+
+
+@pytest.mark.parametrize("if_match", ['"²"', '"¹"', "³", '"1²"'])
+async def test_an_if_match_of_digits_other_than_0_to_9_is_400(
+    client: httpx.AsyncClient, app: Litestar, if_match: str
+) -> None:
+    # Header values are Latin-1 on the wire, where "²" is one byte that Python's `isdigit` takes for a digit.
+    response = await client.delete("/widgets/W-1", headers=AUTH | {"If-Match": if_match.encode("latin-1")})
+
+    assert_problem(response, 400)
+    await assert_nothing_happened(app)
+
+
+async def test_the_schema_says_which_write_bodies_are_refused(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+
+    def body(method: str, path: str) -> dict:  # type: ignore[type-arg]
+        reference = schema["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return schema["components"]["schemas"][reference.rsplit("/", 1)[1]]
+
+    create, patch = body("post", "/widgets"), body("patch", "/widgets/{sku}")
+    assert create["additionalProperties"] is False
+    assert patch["additionalProperties"] is False
+    assert patch["minProperties"] == 1
+    assert patch["properties"]["price_cents"]["minimum"] == 0

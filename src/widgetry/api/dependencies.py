@@ -38,7 +38,9 @@ def provide_widget_filters(
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size.")] = 50,
     offset: Annotated[int, QueryParameter(ge=0, le=2**62, description="Widgets to skip.")] = 0,
     search: Annotated[
-        str | None, QueryParameter(max_length=200, description="Case-insensitive match on sku or name.")
+        str | None,
+        # No NUL: PostgreSQL cannot compare text with one, and would fail the query instead of finding nothing.
+        QueryParameter(max_length=200, pattern=r"^[^\x00]*$", description="Case-insensitive match on sku or name."),
     ] = None,
     order_by: Annotated[
         str, QueryParameter(pattern="^(" + "|".join(SORTABLE) + ")$", description="Sort field.")

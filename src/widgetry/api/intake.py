@@ -39,6 +39,8 @@ IdempotencyKeyHeader = Annotated[
         name="Idempotency-Key",
         min_length=1,
         max_length=255,
+        # No NUL: the key is stored, and PostgreSQL cannot store one in text.
+        pattern=r"^[^\x00]*$",
         description="Repeating a write with the same key and body returns the original command and queues nothing.",
     ),
 ]

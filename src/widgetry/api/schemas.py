@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -14,11 +14,15 @@ from litestar.connection import ASGIConnection
 from litestar.dto._backend import DTOBackend
 from litestar.dto._codegen_backend import DTOCodegenBackend
 from litestar.dto.data_structures import DTOFieldDefinition
+from litestar.openapi.spec import Reference, Schema
 from litestar.params import KwargDefinition
 from litestar.serialization import decode_json
 from litestar.typing import FieldDefinition
 
 from widgetry.domain.models import CommandRecord, Widget
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
 
 
 class WidgetRead(SQLAlchemyDTO[Widget]):
@@ -62,6 +66,26 @@ class WidgetWriteDTO(SQLAlchemyDTO[Widget]):
     ) -> None:
         super().create_for_field_definition(field_definition, handler_id, backend_cls or StrictJSONBackend)
 
+    @classmethod
+    def create_openapi_schema(
+        cls, field_definition: FieldDefinition, handler_id: str, schema_creator: SchemaCreator
+    ) -> Reference | Schema:
+        """The body's schema, saying all that the decoder enforces. Litestar's leaves out that unknown fields are
+        refused, that a partial update needs a field, and, on a partial DTO's fields, any rule whose bound is 0
+        (`price_cents >= 0`: it skips falsy values): clients built from it would send bodies that are refused."""
+        schema = super().create_openapi_schema(field_definition, handler_id, schema_creator)
+        body = schema_creator.schema_registry.from_reference(schema).schema if isinstance(schema, Reference) else schema
+        if cls.config.forbid_unknown_fields:
+            body.additional_properties = False
+        if cls.config.partial:
+            body.min_properties = 1
+        for field in super().generate_field_definitions(cls.model_type):
+            if isinstance(described := (body.properties or {}).get(field.name), Schema):
+                for rule, value in _msgspec_rules(field.kwarg_definition).items():
+                    if getattr(described, RULES[rule]) is None:
+                        setattr(described, RULES[rule], value)
+        return schema
+
 
 def _msgspec_rules(definition: object) -> dict[str, Any]:
     if not isinstance(definition, KwargDefinition):
@@ -69,7 +93,16 @@ def _msgspec_rules(definition: object) -> dict[str, Any]:
     return {rule: value for rule in RULES if (value := getattr(definition, rule)) is not None}
 
 
-RULES = ("pattern", "ge", "gt", "le", "lt", "min_length", "max_length")
+RULES = {
+    # The rules moved from Litestar's `KwargDefinition` onto `msgspec.Meta`, and their names in OpenAPI.
+    "pattern": "pattern",
+    "ge": "minimum",
+    "gt": "exclusive_minimum",
+    "le": "maximum",
+    "lt": "exclusive_maximum",
+    "min_length": "min_length",
+    "max_length": "max_length",
+}
 
 
 class WidgetCreate(WidgetWriteDTO):

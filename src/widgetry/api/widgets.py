@@ -81,7 +81,8 @@ def _expected_version(if_match: str | None) -> int | None:
     if if_match is None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit() or len(value) > 18:
+    # `isdigit` alone also takes digits such as "²", which `int` refuses.
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise problem_exception(
             400,
             'If-Match must be a widget version in quotes, e.g. If-Match: "3".',
