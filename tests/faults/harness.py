@@ -193,7 +193,8 @@ class Ledger:
     def line(self) -> str:
         extra = "".join(f" {name}={value}" for name, value in self.extra.items())
         return (
-            f"faults[{self.name}]: commands={self.commands} recorded={self.recorded} applied={self.applied} failed={self.failed} "
+            f"faults[{self.name}]: commands={self.commands} recorded={self.recorded} applied={self.applied} "
+            f"failed={self.failed} "
             f"lost={self.lost} duplicated={self.duplicated} events={len(self.events)} gaps={self.gaps} "
             f"unpublished={self.unpublished}{extra}"
         )
