@@ -27,6 +27,9 @@ from tests.integration.test_processes import compose_command
 from tests.support import API_KEY, Process, Server
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
 
+SUMMARIES: list[str] = []
+"""Every summary line of the run, repeated at its end (`conftest.pytest_terminal_summary`): pytest hides what a
+passing test prints."""
 RETRYABLE_STATUS = {502, 503, 504}
 SUBMIT_DEADLINE_S = 120
 
@@ -331,6 +334,12 @@ class Probe:
     async def _scalar(self, statement: Any) -> int:
         async with self._engine.connect() as connection:
             return int(await connection.scalar(statement) or 0)
+
+
+def report(line: str) -> None:
+    """Prints a test's summary line, and keeps it for the end of the run."""
+    print(line)
+    SUMMARIES.append(line)
 
 
 async def at_least(count: Callable[[], Awaitable[int]], target: float) -> bool:

@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 from litestar import Litestar
 
+from tests.faults.harness import report
 from tests.support import AUTH, running
 from tests.unit.state import CommandRecord, count, queued_jobs
 from widgetry.app import create_app
@@ -226,7 +227,7 @@ async def test_fuzzed_requests_get_no_5xx_only_problems_and_refused_writes_chang
             await check(app, client, case, {}, findings)
             await check(app, client, case, AUTH | contract_headers(number), findings)
 
-    print(findings.summary(len(cases_by_operation), len(cases)), f"in {time.monotonic() - started:.1f} s")
+    report(f"{findings.summary(len(cases_by_operation), len(cases))} in {time.monotonic() - started:.1f} s")
     assert [label for label, operation_cases in cases_by_operation.items() if not operation_cases] == []
     assert findings.server_errors == [], "\n".join(findings.server_errors[:10])
     assert findings.non_problems == [], "\n".join(findings.non_problems[:10])

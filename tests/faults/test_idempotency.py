@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.harness import Probe, Stack, Submitted, account, at_least, at_most, stack_env
+from tests.faults.harness import Probe, Stack, Submitted, account, at_least, at_most, report, stack_env
 from tests.faults.servers import RedisServer
 from tests.support import AUTH, eventually
 
@@ -55,7 +55,7 @@ async def test_concurrent_twins_make_one_command(
         [Submitted(id_, "TWIN-1", "POST", body) for id_ in ids],
     )
     ledger.extra = {"requests": TWINS, "statuses": statuses, "command_ids": len(ids)}
-    print(ledger.line())
+    report(ledger.line())
     assert set(statuses) <= {200, 202}
     assert len(ids) == 1
     assert ledger.statuses == {"succeeded": 1}

@@ -13,6 +13,7 @@ from tests.faults.harness import (
     at_least,
     at_most,
     expected_rows,
+    report,
     stack_env,
     widget_writes,
 )
@@ -46,7 +47,7 @@ async def test_each_widget_takes_its_commands_in_accept_order(
         versions.setdefault(event["sku"], []).append(event["version"])
     in_order = sum(found == list(range(1, PATCHES + 2)) for found in versions.values())
     ledger.extra = {"skus_in_order": in_order}
-    print(ledger.line())
+    report(ledger.line())
     assert ledger.statuses == {"succeeded": COMMANDS}
     assert ledger.rows == expected_rows(submitter.commands, seqs)
     assert ledger.rows == {

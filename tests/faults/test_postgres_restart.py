@@ -18,6 +18,7 @@ from tests.faults.harness import (
     at_least,
     at_most,
     expected_rows,
+    report,
     stack_env,
     widget_writes,
 )
@@ -65,7 +66,7 @@ async def test_a_postgres_restart_mid_run_is_ridden_out(
         "responses": dict(submitter.statuses),
         "client_retries": submitter.retries,
     }
-    print(ledger.line())
+    report(ledger.line())
     assert set(submitter.statuses) <= {200, 202, 503}, "no 500: a database that is down is a 503 problem"
     assert submitter.not_problems == 0
     assert ledger.commands == COMMANDS

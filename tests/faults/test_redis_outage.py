@@ -19,6 +19,7 @@ from tests.faults.harness import (
     at_least,
     at_most,
     expected_rows,
+    report,
     stack_env,
     widget_writes,
 )
@@ -73,7 +74,7 @@ async def test_a_flush_and_a_restart_of_redis_lose_no_accepted_command(
         "responses": dict(submitter.statuses),
         "client_retries": submitter.retries,
     }
-    print(ledger.line())
+    report(ledger.line())
     assert set(submitter.statuses) <= {200, 202}, "intake answers 202 while Redis is down: the command is recorded"
     assert submitter.not_problems == 0
     assert ledger.commands == COMMANDS

@@ -22,6 +22,7 @@ from tests.faults.harness import (
     account,
     at_least,
     at_most,
+    report,
     stack_env,
     widget_writes,
 )
@@ -98,7 +99,7 @@ async def test_clients_cut_and_resumed_get_every_event_once_in_order(
         "client_missing": missing,
         "seed": SEED,
     }
-    print(ledger.line())
+    report(ledger.line())
     assert len(expected) == EVENTS
     assert all(f.connections == RESUMES + 1 for f in followers)
     assert (duplicated, missing) == (0, 0)

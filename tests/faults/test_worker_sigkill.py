@@ -17,6 +17,7 @@ from tests.faults.harness import (
     at_least,
     at_most,
     expected_rows,
+    report,
     stack_env,
     widget_writes,
 )
@@ -55,7 +56,7 @@ async def test_workers_killed_three_times_lose_and_duplicate_nothing(
 
     ledger = await account("sigkill", fault_database, redis_server.url, fault_prefix, submitter.commands)
     ledger.extra = {"killed_after": kills, "client_retries": submitter.retries}
-    print(ledger.line())
+    report(ledger.line())
     assert ledger.commands == COMMANDS
     assert ledger.statuses == {"succeeded": COMMANDS}
     assert ledger.rows == expected_rows(submitter.commands, seqs)
