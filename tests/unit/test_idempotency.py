@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
+import pytest
 from litestar import Litestar
+from sqlalchemy import select
 
-from tests.support import AUTH, WAIT
+from tests.support import API_KEY, AUTH, WAIT, serve
 from tests.unit.state import CommandRecord, count, queued_jobs, stream
+from widgetry.app import create_app
+from widgetry.settings import Settings
 
 BODY = {"sku": "IDEM-1", "name": "Once", "price_cents": 100}
 
@@ -69,3 +74,25 @@ async def test_a_key_longer_than_255_characters_is_refused(client: httpx.AsyncCl
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert await count(app, CommandRecord) == 0
+
+
+async def test_each_api_key_has_idempotency_keys_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = create_app(Settings(api_keys=(API_KEY, "another-client-key")))
+    async with serve(app) as client:
+        mine = await client.post("/widgets", json=BODY, headers=keyed("shared") | WAIT)
+        theirs = await client.post(
+            "/widgets",
+            json=BODY | {"sku": "IDEM-2"},
+            headers={"X-API-Key": "another-client-key", "Idempotency-Key": "shared"} | WAIT,
+        )
+        again = await client.post("/widgets", json=BODY, headers=keyed("shared"))
+
+        assert (mine.status_code, theirs.status_code, again.status_code) == (200, 200, 200)
+        assert theirs.json()["id"] != mine.json()["id"]
+        assert again.json()["id"] == mine.json()["id"]
+        assert await count(app, CommandRecord) == 2
+        assert [e["sku"] for e in await stream(app)] == ["IDEM-1", "IDEM-2"]
+        async with app.state.connections.alchemy.get_session() as session:
+            stored = set(await session.scalars(select(CommandRecord.idempotency_key)))
+    assert "shared" not in stored, "keys are stored as digests, scoped to the client"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from typing import Annotated, Any
 
-from litestar import Response
+from litestar import Request, Response
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 from saq.queue import Queue
 
 from widgetry.api.schemas import CommandResource, command_url
+from widgetry.api.security import presented_key
 from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.models import CommandRecord
 from widgetry.services.commands import CommandService
@@ -104,6 +106,7 @@ def replay_response(record: CommandRecord) -> Response[Any]:
 
 
 def provide_intake(
+    request: Request[Any, Any, Any],
     commands: NamedDependency[CommandService],
     queue: NamedDependency[Queue],
     settings: NamedDependency[Settings],
@@ -112,4 +115,14 @@ def provide_intake(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Intake:
     wait = min(int(found[1]), MAX_WAIT_S) if prefer and (found := PREFER_WAIT.search(prefer)) else 0
-    return Intake(commands, queue, settings, hub, wait, idempotency_key)
+    scoped_key = None
+    if idempotency_key is not None:
+        client = request.app.state.api_keys.fingerprint(presented_key(request)) or ""
+        scoped_key = scope_idempotency_key(client, idempotency_key)
+    return Intake(commands, queue, settings, hub, wait, scoped_key)
+
+
+def scope_idempotency_key(client: str, key: str) -> str:
+    """The key as stored: a digest of the client's API key digest and the key it sent. Each client has keys of its
+    own (two clients sending the same key never meet), and neither the key nor the API key is stored in clear."""
+    return hashlib.sha256(f"{client}\x00{key}".encode()).hexdigest()

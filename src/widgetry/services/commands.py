@@ -95,7 +95,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         original = await self.get_one_or_none(idempotency_key=idempotency_key)
         if original is not None and original.fingerprint != fingerprint:
             raise IdempotencyKeyReused(
-                f"Idempotency-Key {idempotency_key!r} was used for a different request (command {original.id})."
+                f"This Idempotency-Key was used for a different request (command {original.id})."
             )
         return original
 
