@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.backends import app, database_url, empty_database, real_settings, redis_prefix
-from tests.faults.harness import SUMMARIES
+from tests.faults.harness import SUMMARIES, FaultRun
 from tests.faults.servers import PostgresServer, RedisServer
 from tests.support import ROOT
 
@@ -76,3 +77,15 @@ def fault_database(postgres: PostgresServer) -> str:
 def fault_prefix(redis_server: RedisServer) -> str:
     """A Redis key prefix of its own for the test (the server may also be flushed by the test)."""
     return f"faults-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def fault_run(
+    fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
+) -> Callable[..., FaultRun]:
+    """Makes the test's `FaultRun` (its own database and key prefix, on the suite's servers)."""
+
+    def make(name: str, **options: Any) -> FaultRun:
+        return FaultRun(name, fault_database, redis_server.url, fault_prefix, tmp_path, **options)
+
+    return make

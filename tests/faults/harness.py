@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.integration.test_processes import compose_command
-from tests.support import API_KEY, Process, Server
+from tests.support import API_KEY, Process, Server, eventually
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
 
 SUMMARIES: list[str] = []
@@ -183,6 +183,7 @@ class Ledger:
     rows: dict[str, tuple[str, int, int]]
     recorded: int
     """Commands in the database, whoever sent them: equal to `commands` unless a duplicate was recorded."""
+    expected_rows: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -340,6 +341,65 @@ def report(line: str) -> None:
     """Prints a test's summary line, and keeps it for the end of the run."""
     print(line)
     SUMMARIES.append(line)
+
+
+class FaultRun:
+    """One fault test's run: the stack, a probe of its database, and a client, over the test's database and key
+    prefix. `settle()` waits until every accepted command has finished and every event is published; leaving the
+    block stops the processes; `ledger()` then accounts for the run, with the rows its commands should have made."""
+
+    def __init__(
+        self, name: str, database_url: str, redis_url: str, prefix: str, cwd: Path, *, webs: int = 1,
+        workers: int = 1, concurrency: int = 10, clients: int = 20, **env: str,
+    ) -> None:  # fmt: skip
+        self.name, self.database_url, self.redis_url, self.prefix = name, database_url, redis_url, prefix
+        self._stack_args = (stack_env(database_url, redis_url, prefix, **env), cwd)
+        self._stack_options = {"webs": webs, "workers": workers, "concurrency": concurrency}
+        self._clients = clients
+        self.seqs: dict[str, int] = {}
+
+    async def __aenter__(self) -> FaultRun:
+        self.probe = Probe(self.database_url)
+        self.stack = Stack(*self._stack_args, **self._stack_options)
+        self.submitter = await Submitter(self.stack.urls, concurrency=self._clients).__aenter__()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        try:
+            await self.submitter.__aexit__()
+        finally:
+            self.stack.close()
+            await self.probe.close()
+
+    async def submitted(self) -> int:
+        return len(self.submitter.commands)
+
+    async def settle(self, timeout: float = 120) -> None:
+        commands = len(self.submitter.commands)
+        await eventually(lambda: at_least(self.probe.finished, commands), timeout, "every command to finish")
+        await eventually(lambda: at_most(self.probe.unpublished, 0), 60, "every event to be published")
+        self.seqs = await self.probe.accept_order()
+
+    async def ledger(self, *, source: str = "stream", reported: bool = True, **extra: Any) -> Ledger:
+        """The run's ledger, its summary line reported (with `extra` and the client's retries in it) unless the
+        test adds to it first."""
+        ledger = await account(
+            self.name, self.database_url, self.redis_url, self.prefix, self.submitter.commands, source=source
+        )
+        ledger.expected_rows = expected_rows(self.submitter.commands, self.seqs)
+        ledger.extra = {**extra, "client_retries": self.submitter.retries}
+        if reported:
+            report(ledger.line())
+        return ledger
+
+
+def assert_exactly_once(ledger: Ledger, commands: int) -> None:
+    """Every command recorded once and applied once, in accept order, with one event each, none lost or doubled."""
+    assert (ledger.commands, ledger.recorded) == (commands, commands)
+    assert ledger.statuses == {"succeeded": commands}
+    assert ledger.rows == ledger.expected_rows
+    assert len(ledger.events) == commands
+    assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)
 
 
 async def at_least(count: Callable[[], Awaitable[int]], target: float) -> bool:

@@ -4,27 +4,21 @@ unique index, and every loser answers with the winner's command."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 
-from tests.faults.harness import Probe, Stack, Submitted, account, at_least, at_most, report, stack_env
-from tests.faults.servers import RedisServer
-from tests.support import AUTH, eventually
+from tests.faults.harness import FaultRun, Submitted, assert_exactly_once
+from tests.support import AUTH
 
 TWINS = 100
 
 
-async def test_concurrent_twins_make_one_command(
-    fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
-) -> None:
-    env = stack_env(fault_database, redis_server.url, fault_prefix)
-    probe = Probe(fault_database)
-    stack = Stack(env, tmp_path, webs=2, workers=1)
+async def test_concurrent_twins_make_one_command(fault_run: Callable[..., FaultRun]) -> None:
     body = {"sku": "TWIN-1", "name": "Twin", "price_cents": 500}
-    try:
+    async with fault_run("idempotency", webs=2) as run:
         limits = httpx.Limits(max_connections=TWINS)
-        clients = [httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30, limits=limits) for url in stack.urls]
+        clients = [httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30, limits=limits) for url in run.stack.urls]
         start = asyncio.Event()
 
         async def post(n: int) -> httpx.Response:
@@ -39,29 +33,15 @@ async def test_concurrent_twins_make_one_command(
         )
         for client in clients:
             await client.aclose()
-        await eventually(lambda: at_least(probe.finished, 1), 60, "the command to finish")
-        await eventually(lambda: at_most(probe.unpublished, 0), 60, "its event to be published")
-    finally:
-        stack.close()
-        await probe.close()
+        ids = {response.json()["id"] for response in responses}
+        run.submitter.commands.extend(Submitted(id_, "TWIN-1", "POST", body) for id_ in ids)
+        await run.settle()
 
-    ids = {response.json()["id"] for response in responses}
     statuses = sorted({response.status_code for response in responses})
-    ledger = await account(
-        "idempotency",
-        fault_database,
-        redis_server.url,
-        fault_prefix,
-        [Submitted(id_, "TWIN-1", "POST", body) for id_ in ids],
-    )
-    ledger.extra = {"requests": TWINS, "statuses": statuses, "command_ids": len(ids)}
-    report(ledger.line())
+    ledger = await run.ledger(requests=TWINS, statuses=statuses, command_ids=len(ids))
     assert set(statuses) <= {200, 202}
     assert len(ids) == 1
-    assert ledger.statuses == {"succeeded": 1}
+    assert_exactly_once(ledger, 1)
     assert ledger.rows == {"TWIN-1": ("Twin", 500, 1)}
-    assert len(ledger.events) == 1
-    assert ledger.recorded == ledger.commands
-    assert (ledger.lost, ledger.duplicated, ledger.gaps) == (0, 0, 0)
     assert reused.status_code == 422
     assert reused.json()["type"].endswith("/idempotency-key-reused")

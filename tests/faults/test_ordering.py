@@ -3,56 +3,29 @@ at concurrency 20. Every sku's row ends equal to its last PATCH, and its events 
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
-from tests.faults.harness import (
-    Probe,
-    Stack,
-    Submitter,
-    account,
-    at_least,
-    at_most,
-    expected_rows,
-    report,
-    stack_env,
-    widget_writes,
-)
-from tests.faults.servers import RedisServer
-from tests.support import eventually
+from tests.faults.harness import FaultRun, assert_exactly_once, report, widget_writes
 
 SKUS = 50
 PATCHES = 40
 COMMANDS = SKUS * (1 + PATCHES)
 
 
-async def test_each_widget_takes_its_commands_in_accept_order(
-    fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
-) -> None:
-    env = stack_env(fault_database, redis_server.url, fault_prefix)
-    probe = Probe(fault_database)
-    stack = Stack(env, tmp_path, workers=4, concurrency=20)
-    try:
-        async with Submitter(stack.urls, concurrency=SKUS) as submitter:
-            await submitter.sequences(widget_writes(f"ORDER-{n}", PATCHES) for n in range(SKUS))
-        await eventually(lambda: at_least(probe.finished, COMMANDS), 120, "every command to finish")
-        await eventually(lambda: at_most(probe.unpublished, 0), 60, "every event to be published")
-        seqs = await probe.accept_order()
-    finally:
-        stack.close()
-        await probe.close()
+async def test_each_widget_takes_its_commands_in_accept_order(fault_run: Callable[..., FaultRun]) -> None:
+    async with fault_run("ordering", workers=4, concurrency=20, clients=SKUS) as run:
+        await run.submitter.sequences(widget_writes(f"ORDER-{n}", PATCHES) for n in range(SKUS))
+        await run.settle()
 
-    ledger = await account("ordering", fault_database, redis_server.url, fault_prefix, submitter.commands)
+    ledger = await run.ledger(reported=False)
     versions: dict[str, list[int]] = {}
     for event in ledger.events:
         versions.setdefault(event["sku"], []).append(event["version"])
     in_order = sum(found == list(range(1, PATCHES + 2)) for found in versions.values())
-    ledger.extra = {"skus_in_order": in_order}
+    ledger.extra["skus_in_order"] = in_order
     report(ledger.line())
-    assert ledger.statuses == {"succeeded": COMMANDS}
-    assert ledger.rows == expected_rows(submitter.commands, seqs)
+    assert_exactly_once(ledger, COMMANDS)
     assert ledger.rows == {
         f"ORDER-{n}": (f"ORDER-{n} v{PATCHES + 1}", 100 * (PATCHES + 1), PATCHES + 1) for n in range(SKUS)
     }
     assert in_order == SKUS
-    assert ledger.recorded == ledger.commands
-    assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)

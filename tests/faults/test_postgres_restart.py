@@ -8,21 +8,10 @@ that did commit return the original command instead of a second one.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Callable
 
-from tests.faults.harness import (
-    Probe,
-    Stack,
-    Submitter,
-    account,
-    at_least,
-    at_most,
-    expected_rows,
-    report,
-    stack_env,
-    widget_writes,
-)
-from tests.faults.servers import PostgresServer, RedisServer
+from tests.faults.harness import FaultRun, assert_exactly_once, at_least, widget_writes
+from tests.faults.servers import PostgresServer
 from tests.support import eventually
 
 SKUS = 300
@@ -32,46 +21,24 @@ REFUSED_WHILE_DOWN = 20
 
 
 async def test_a_postgres_restart_mid_run_is_ridden_out(
-    postgres: PostgresServer, fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
+    fault_run: Callable[..., FaultRun], postgres: PostgresServer
 ) -> None:
-    env = stack_env(fault_database, redis_server.url, fault_prefix)
-    stack = Stack(env, tmp_path, workers=1, concurrency=10)
-    probe = Probe(fault_database)
-    try:
-        async with Submitter(stack.urls, concurrency=20) as submitter:
-            sending = asyncio.create_task(submitter.sequences(widget_writes(f"PG-{n}", PATCHES) for n in range(SKUS)))
+    async with fault_run("postgres-restart") as run:
+        sending = asyncio.create_task(run.submitter.sequences(widget_writes(f"PG-{n}", PATCHES) for n in range(SKUS)))
 
-            async def submitted() -> int:
-                return len(submitter.commands)
+        async def refused() -> int:
+            return run.submitter.statuses[503]
 
-            async def refused() -> int:
-                return submitter.statuses[503]
+        await eventually(lambda: at_least(run.submitted, 0.4 * COMMANDS), 60, "two fifths of the commands")
+        postgres.stop()
+        stopped_after = await run.submitted()
+        await eventually(lambda: at_least(refused, REFUSED_WHILE_DOWN), 60, "writes refused, PostgreSQL down")
+        postgres.start()
+        await sending
+        await run.settle()
 
-            await eventually(lambda: at_least(submitted, 0.4 * COMMANDS), 60, "two fifths of the commands")
-            postgres.stop()
-            stopped_after = len(submitter.commands)
-            await eventually(lambda: at_least(refused, REFUSED_WHILE_DOWN), 60, "writes refused, PostgreSQL down")
-            postgres.start()
-            await sending
-        await eventually(lambda: at_least(probe.finished, COMMANDS), 120, "every command to finish")
-        await eventually(lambda: at_most(probe.unpublished, 0), 60, "every event to be published")
-        seqs = await probe.accept_order()
-    finally:
-        stack.close()
-        await probe.close()
-
-    ledger = await account("postgres-restart", fault_database, redis_server.url, fault_prefix, submitter.commands)
-    ledger.extra = {
-        "stopped_after": stopped_after,
-        "responses": dict(submitter.statuses),
-        "client_retries": submitter.retries,
-    }
-    report(ledger.line())
-    assert set(submitter.statuses) <= {200, 202, 503}, "no 500: a database that is down is a 503 problem"
-    assert submitter.not_problems == 0
-    assert ledger.commands == COMMANDS
-    assert ledger.statuses == {"succeeded": COMMANDS}
-    assert ledger.rows == expected_rows(submitter.commands, seqs)
-    assert len(ledger.events) == COMMANDS
-    assert ledger.recorded == ledger.commands
-    assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)
+    responses = run.submitter.statuses
+    ledger = await run.ledger(stopped_after=stopped_after, responses=dict(responses))
+    assert set(responses) <= {200, 202, 503}, "no 500: a database that is down is a 503 problem"
+    assert run.submitter.not_problems == 0
+    assert_exactly_once(ledger, COMMANDS)

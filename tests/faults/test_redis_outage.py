@@ -9,20 +9,9 @@ with it, so here the ledger counts events in the outbox.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Callable
 
-from tests.faults.harness import (
-    Probe,
-    Stack,
-    Submitter,
-    account,
-    at_least,
-    at_most,
-    expected_rows,
-    report,
-    stack_env,
-    widget_writes,
-)
+from tests.faults.harness import FaultRun, assert_exactly_once, at_least, widget_writes
 from tests.faults.servers import RedisServer
 from tests.support import eventually
 
@@ -33,53 +22,29 @@ ACCEPTED_WHILE_DOWN = 100
 
 
 async def test_a_flush_and_a_restart_of_redis_lose_no_accepted_command(
-    fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
+    fault_run: Callable[..., FaultRun], redis_server: RedisServer
 ) -> None:
     # The rate limiter keeps its windows in Redis: on, it must let writes through while Redis is down.
-    env = stack_env(fault_database, redis_server.url, fault_prefix, WIDGETRY_RATE_LIMIT="100000/minute")
-    probe = Probe(fault_database)
-    stack = Stack(env, tmp_path, workers=1, concurrency=10)
-    try:
-        async with Submitter(stack.urls, concurrency=20) as submitter:
-            sending = asyncio.create_task(
-                submitter.sequences(widget_writes(f"FLUSH-{n}", PATCHES) for n in range(SKUS))
-            )
+    async with fault_run("redis-flush-restart", WIDGETRY_RATE_LIMIT="100000/minute") as run:
+        sending = asyncio.create_task(
+            run.submitter.sequences(widget_writes(f"FLUSH-{n}", PATCHES) for n in range(SKUS))
+        )
+        await eventually(lambda: at_least(run.submitted, 0.3 * COMMANDS), 60, "a third of the commands")
+        redis_server.flushall()
+        flushed_after = await run.submitted()
 
-            async def submitted() -> int:
-                return len(submitter.commands)
+        await eventually(lambda: at_least(run.submitted, 0.55 * COMMANDS), 60, "half of the commands")
+        redis_server.stop()
+        stopped_after = await run.submitted()
+        await eventually(lambda: at_least(run.submitted, stopped_after + ACCEPTED_WHILE_DOWN), 60, "writes, Redis down")
+        redis_server.start()
+        await sending
+        await run.settle()
 
-            await eventually(lambda: at_least(submitted, 0.3 * COMMANDS), 60, "a third of the commands")
-            redis_server.flushall()
-            flushed_after = len(submitter.commands)
-
-            await eventually(lambda: at_least(submitted, 0.55 * COMMANDS), 60, "half of the commands")
-            redis_server.stop()
-            stopped_after = len(submitter.commands)
-            await eventually(lambda: at_least(submitted, stopped_after + ACCEPTED_WHILE_DOWN), 60, "writes, Redis down")
-            redis_server.start()
-            await sending
-        await eventually(lambda: at_least(probe.finished, COMMANDS), 120, "every command to finish")
-        await eventually(lambda: at_most(probe.unpublished, 0), 60, "every event to be published")
-        seqs = await probe.accept_order()
-    finally:
-        stack.close()
-        await probe.close()
-
-    ledger = await account(
-        "redis-flush-restart", fault_database, redis_server.url, fault_prefix, submitter.commands, source="outbox"
+    responses = run.submitter.statuses
+    ledger = await run.ledger(
+        source="outbox", flushed_after=flushed_after, stopped_after=stopped_after, responses=dict(responses)
     )
-    ledger.extra = {
-        "flushed_after": flushed_after,
-        "stopped_after": stopped_after,
-        "responses": dict(submitter.statuses),
-        "client_retries": submitter.retries,
-    }
-    report(ledger.line())
-    assert set(submitter.statuses) <= {200, 202}, "intake answers 202 while Redis is down: the command is recorded"
-    assert submitter.not_problems == 0
-    assert ledger.commands == COMMANDS
-    assert ledger.statuses == {"succeeded": COMMANDS}
-    assert ledger.rows == expected_rows(submitter.commands, seqs)
-    assert len(ledger.events) == COMMANDS
-    assert ledger.recorded == ledger.commands
-    assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)
+    assert set(responses) <= {200, 202}, "intake answers 202 while Redis is down: the command is recorded"
+    assert run.submitter.not_problems == 0
+    assert_exactly_once(ledger, COMMANDS)

@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import msgspec
 from httpx_sse import aconnect_sse
 
-from tests.faults.harness import (
-    Probe,
-    Stack,
-    Submitter,
-    account,
-    at_least,
-    at_most,
-    report,
-    stack_env,
-    widget_writes,
-)
-from tests.faults.servers import RedisServer
-from tests.support import eventually
+from tests.faults.harness import FaultRun, assert_exactly_once, widget_writes
 
 CLIENTS = 20
 RESUMES = 25
@@ -66,43 +54,32 @@ class Follower:
                             return
 
 
-async def test_clients_cut_and_resumed_get_every_event_once_in_order(
-    fault_database: str, redis_server: RedisServer, fault_prefix: str, tmp_path: Path
-) -> None:
-    env = stack_env(fault_database, redis_server.url, fault_prefix, WIDGETRY_SSE_CONNECTIONS_PER_CLIENT="100")
+async def test_clients_cut_and_resumed_get_every_event_once_in_order(fault_run: Callable[..., FaultRun]) -> None:
     rng = random.Random(SEED)  # noqa: S311 - reproducible cut points, not secrets
-    probe = Probe(fault_database)
-    stack = Stack(env, tmp_path, workers=2, concurrency=20)
-    try:
-        followers = [Follower(stack.urls[0], sorted(rng.sample(range(1, EVENTS), RESUMES))) for _ in range(CLIENTS)]
+    async with fault_run(
+        "sse-churn", workers=2, concurrency=20, clients=40, WIDGETRY_SSE_CONNECTIONS_PER_CLIENT=str(CLIENTS * 2)
+    ) as run:
+        url = run.stack.urls[0]
+        followers = [Follower(url, sorted(rng.sample(range(1, EVENTS), RESUMES))) for _ in range(CLIENTS)]
         following = [asyncio.create_task(follower.follow()) for follower in followers]
         await asyncio.wait_for(asyncio.gather(*(f.connected.wait() for f in followers)), 30)
-        async with Submitter(stack.urls, concurrency=40) as submitter:
-            await submitter.sequences(widget_writes(f"SSE-{n}", PATCHES) for n in range(SKUS))
-        await eventually(lambda: at_least(probe.finished, EVENTS), 120, "every command to finish")
-        await eventually(lambda: at_most(probe.unpublished, 0), 60, "every event to be published")
+        await run.submitter.sequences(widget_writes(f"SSE-{n}", PATCHES) for n in range(SKUS))
+        await run.settle()
         await asyncio.wait_for(asyncio.gather(*following), 120)
-    finally:
-        stack.close()
-        await probe.close()
 
-    ledger = await account("sse-churn", fault_database, redis_server.url, fault_prefix, submitter.commands)
-    expected = [event["event_id"] for event in ledger.events]
-    exact = sum([event_id for _id, event_id in follower.received] == expected for follower in followers)
-    duplicated = sum(len(f.received) - len({event_id for _id, event_id in f.received}) for f in followers)
-    missing = sum(len(set(expected) - {event_id for _id, event_id in f.received}) for f in followers)
-    ledger.extra = {
-        "clients": CLIENTS,
-        "connections": sum(f.connections for f in followers),
-        "clients_exact": exact,
-        "client_duplicates": duplicated,
-        "client_missing": missing,
-        "seed": SEED,
-    }
-    report(ledger.line())
-    assert len(expected) == EVENTS
+    expected = [event["event_id"] for event in (await run.ledger(reported=False)).events]
+    received = [[event_id for _id, event_id in follower.received] for follower in followers]
+    duplicated = sum(len(events) - len(set(events)) for events in received)
+    missing = sum(len(set(expected) - set(events)) for events in received)
+    ledger = await run.ledger(
+        clients=CLIENTS,
+        connections=sum(f.connections for f in followers),
+        clients_exact=sum(events == expected for events in received),
+        client_duplicates=duplicated,
+        client_missing=missing,
+        seed=SEED,
+    )
     assert all(f.connections == RESUMES + 1 for f in followers)
     assert (duplicated, missing) == (0, 0)
-    assert exact == CLIENTS
-    assert ledger.recorded == ledger.commands
-    assert (ledger.lost, ledger.duplicated, ledger.gaps, ledger.unpublished) == (0, 0, 0, 0)
+    assert received == [expected] * CLIENTS
+    assert_exactly_once(ledger, EVENTS)
