@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.streaming.publisher import EventPublisher
@@ -35,6 +37,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     OperationalError,  # SQLAlchemy's wrapper for a connection that failed (and SQLite's "database is locked")
     InterfaceError,
+    PoolTimeoutError,  # every pooled connection busy for the pool's timeout: the database is overloaded
     asyncpg_errors.PostgresConnectionError,  # "connection was closed in the middle of operation"
     asyncpg_errors.OperatorInterventionError,  # "the database system is shutting down", admin shutdown
     asyncpg_errors.InterfaceError,
@@ -50,6 +53,11 @@ def is_unavailable(error: BaseException | None) -> bool:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(getattr(error, "orig", None), sqlite3.Error):
+            error = error.orig  # SQLAlchemy's OperationalError wraps SQLite's: classify by SQLite's own
+        if isinstance(error, sqlite3.OperationalError):
+            # SQLite reports a busy database and a missing table alike: only the first passes with time.
+            return any(word in str(error) for word in ("locked", "busy"))
         if isinstance(error, UNAVAILABLE) or (isinstance(error, DBAPIError) and error.connection_invalidated):
             return True
         error = getattr(error, "orig", None) or error.__cause__ or error.__context__

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from advanced_alchemy.exceptions import IntegrityError as RepositoryError
 from litestar import Litestar
 from sqlalchemy.exc import OperationalError
 
@@ -55,7 +56,9 @@ async def test_the_database_failing_is_retried_and_the_command_then_succeeds(
     async def down_twice(widgets: Any, sku: str, command: Any) -> Any:
         attempts.append(1)
         if len(attempts) <= 2:
-            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("the database is restarting"))
+            # As the repository raises it: Advanced Alchemy wraps SQLAlchemy's error, which wraps the driver's.
+            dropped = OperationalError("SELECT 1", {}, ConnectionRefusedError("the database is restarting"))
+            raise RepositoryError("There was an issue processing the statement.") from dropped
         return await execute(widgets, sku, command)
 
     monkeypatch.setattr(command_service, "_execute", down_twice)
@@ -85,3 +88,24 @@ async def test_a_job_whose_command_a_later_job_already_applied_changes_nothing(
     assert row is not None
     assert (row.price_cents, row.version) == (2, 2)
     assert [event.type for event in await outbox(app)] == ["widget.created", "widget.updated"]
+
+
+async def test_a_command_that_fails_midway_leaves_nothing_of_itself(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.post("/widgets", json={"sku": "HALF-1", "name": "Half", "price_cents": 1}, headers=AUTH | WAIT)
+    execute = command_service._execute  # noqa: SLF001
+
+    async def fails_after_changing(widgets: Any, sku: str, command: Any) -> Any:
+        await execute(widgets, sku, command)  # the update is made, then something breaks
+        raise ValueError("broke after the change")
+
+    monkeypatch.setattr(command_service, "_execute", fails_after_changing)
+    response = await client.patch("/widgets/HALF-1", json={"price_cents": 2}, headers=AUTH | WAIT)
+
+    assert response.status_code == 500
+    assert response.json()["type"].endswith("/internal")
+    row = await widget_row(app, "HALF-1")
+    assert row is not None
+    assert (row.price_cents, row.version) == (1, 1)
+    assert [event.type for event in await outbox(app)] == ["widget.created", "command.failed"]

@@ -16,8 +16,9 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import delete, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
+from widgetry.connections import is_unavailable
 from widgetry.domain.commands import (
     Command,
     CommandStatus,
@@ -136,17 +137,19 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         return record.sku
 
     async def _apply_one(self, widgets: WidgetService, record: CommandRecord) -> EventRecord:
+        """Applies one command inside a savepoint: a command that fails leaves nothing of itself behind (no half
+        update, no version bump without its event), and the commands after it still apply."""
         try:
-            event_type, version, data = await _execute(widgets, record.sku or "", load_command(record.payload))
+            async with self.session.begin_nested():
+                event_type, version, data = await _execute(widgets, record.sku or "", load_command(record.payload))
         except CommandFailed as failure:
             return _fail(record, failure)
-        except SQLAlchemyError:
-            # The database failing (unreachable, a deadlock) is the environment, not the command, and it leaves
-            # the transaction unusable: the whole job is retried with backoff.
-            raise
         except Exception as error:
-            # Anything else is this command's own and would fail every retry the same way: it fails now, and the
-            # commands after it still apply.
+            if is_unavailable(error):
+                # The database or Redis failing is the environment, not the command: the whole job is retried.
+                raise
+            # Anything else is this command's own (a bug, a value the database refuses) and would fail every retry
+            # the same way: it fails now.
             logger.exception("command %s cannot be applied", record.id)
             return _fail(record, CommandFailed(f"The command could not be applied ({type(error).__name__})."))
         record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
