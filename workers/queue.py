@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.queue.redis import RedisQueue
 
+from widgetry.connections import is_unavailable
 from widgetry.services.intake import APPLY_COMMAND
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
@@ -66,7 +65,9 @@ class CommandQueue(RedisQueue):
         one, so a worker would spin a core (silently) for as long as Redis is down, a restart included."""
         try:
             return await super().dequeue(timeout, poll_interval)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
             logger.warning("cannot reach Redis to dequeue (%s); retrying in %ss", error, self.REDIS_DOWN_WAIT_S)
             await asyncio.sleep(self.REDIS_DOWN_WAIT_S)
             return None

@@ -18,8 +18,8 @@ import click
 import msgspec
 from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
-from redis.exceptions import RedisError
 
+from widgetry.connections import is_unavailable
 from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.intake import dispatch
@@ -178,7 +178,9 @@ def retry_command(app: Litestar, command_id: UUID) -> None:
         try:
             with anyio.fail_after(QUEUE_TIMEOUT_S):
                 await dispatch(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, record.id)
-        except (RedisError, OSError) as error:
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
             unreachable = f"Redis could not be reached ({str(error).rstrip('.') or type(error).__name__})."
             return [accepted, unreachable, _recovery(settings, "the workers'")]
         return [accepted, "Queued: a worker applies it after the commands accepted before it."]

@@ -5,6 +5,7 @@ Both limits count per client: the digest of an accepted API key, or the client a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from time import time
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+STORE_TIMEOUT_S = 0.25
+"""How long a request waits on Redis for its rate-limit window: Litestar holds a lock per route meanwhile, so a Redis
+that hangs (rather than refusing) would otherwise queue every request behind its socket timeout."""
 RATE_LIMIT_STORE = "rate_limit"
 RATE_LIMIT_EXEMPT = "rate_limit_exempt"
 """A route `opt` key: routes that set it (health and readiness probes) are never rate limited."""
@@ -58,7 +62,8 @@ class RateLimit(RateLimitMiddleware):
 
     async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:
         try:
-            window = await super().retrieve_cached_history(key, store)
+            async with asyncio.timeout(STORE_TIMEOUT_S):
+                window = await super().retrieve_cached_history(key, store)
         except Exception as error:
             if not is_unavailable(error):
                 raise
@@ -77,7 +82,8 @@ class RateLimit(RateLimitMiddleware):
 
     async def set_cached_history(self, key: str, cache_object: CacheObject, store: Store) -> None:
         try:
-            await super().set_cached_history(key, cache_object, store)
+            async with asyncio.timeout(STORE_TIMEOUT_S):
+                await super().set_cached_history(key, cache_object, store)
         except Exception as error:
             if not is_unavailable(error):
                 raise

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from redis.exceptions import RedisError
+from widgetry.connections import is_unavailable
 
 if TYPE_CHECKING:
     from saq.queue import Queue
@@ -18,16 +19,22 @@ logger = logging.getLogger(__name__)
 APPLY_COMMAND = "apply_command"
 RETRY_DELAY_S = 1.0
 MAX_RETRY_DELAY_S = 30.0
-"""A failed attempt waits about 1 s, then twice as long each time up to 30 s (SAQ jitters each wait)."""
+"""After a failed attempt a job waits up to 1 s, then up to twice as long each time, at most 30 s: SAQ draws each
+wait at random below that bound, so nine waits come to 75 s on average and 151 s at most."""
+ENQUEUE_TIMEOUT_S = 1.0
+"""How long intake waits on Redis to queue a command it has recorded before leaving it to the recovery pass."""
 
 
 async def enqueue(queue: Queue, settings: Settings, command_id: UUID) -> None:
-    """Queues a recorded command. A queue that is down loses nothing: the record is the source of truth, and
-    unfinished commands are queued again when a worker starts."""
+    """Queues a recorded command. A queue that is down or slow loses nothing: the record is the source of truth,
+    and the recovery pass queues unfinished commands again; the client is not kept waiting on Redis meanwhile."""
     try:
-        await dispatch(queue, settings, command_id)
-    except (RedisError, OSError):
-        logger.warning("command %s recorded but not queued; it will be queued on recovery", command_id, exc_info=True)
+        async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+            await dispatch(queue, settings, command_id)
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        logger.warning("command %s recorded but not queued (%r); the recovery pass will queue it", command_id, error)
 
 
 async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> None:
