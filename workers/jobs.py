@@ -46,17 +46,18 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
     if job is None or job.function != APPLY_COMMAND or job.status not in (Status.FAILED, Status.ABORTED):
         return
     if job.status is Status.ABORTED and job.retryable:
-        # Aborted by SAQ's sweep (it ran past its timeout), which queues it again once this hook has run.
+        # Aborted by SAQ's sweep (it ran past its timeout): the sweep queues it again itself.
         return
     connections: Connections = ctx["connections"]
     command_id = job.kwargs["command_id"]
-    logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
     failure = CommandFailed(f"The command could not be applied after {job.attempts} attempts.")
     # Should the database still be down, this raises and the command stays accepted: the recovery pass queues it
     # again later, which is what a command deserves when nothing was wrong with it.
     async with connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).mark_failed(UUID(command_id), failure)
-    await publish_pending(connections, sku)
+    if sku is not None:  # not when the command had succeeded and only publishing its event failed
+        logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
+        await publish_pending(connections, sku)
 
 
 async def publish_pending(connections: Connections, sku: str | None) -> None:

@@ -144,11 +144,11 @@ def build_queue(connections: Connections) -> CommandQueue:
 
 
 def every(seconds: int) -> str:
-    """A cron expression for "every `seconds`": whole minutes in the five-field form, else croniter's sixth
-    (seconds) field, which SAQ's scheduler accepts."""
+    """A cron expression for "every `seconds`" (which the settings check divides a minute or an hour): whole minutes
+    in the five-field form, else croniter's sixth (seconds) field, which SAQ's scheduler accepts."""
     if seconds >= 60:
-        return f"*/{max(seconds // 60, 1)} * * * *"
-    return f"* * * * * */{max(seconds, 1)}"
+        return f"*/{seconds // 60} * * * *"
+    return f"* * * * * */{seconds}"
 
 
 def saq_plugin(connections: Connections) -> SAQPlugin:

@@ -17,6 +17,9 @@ RATE_LIMIT = re.compile(r"^\s*(?P<count>[1-9][0-9]*)\s*/\s*(?P<unit>second|minut
 RATE_LIMIT_OFF = "off"
 
 
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
 class WorkerMode(StrEnum):
     INPROCESS = "inprocess"
     EXTERNAL = "external"
@@ -39,13 +42,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     subscriber_queue_size: int = 1_000
     keepalive_seconds: float = 15.0
     command_retention_days: int = 7
-    job_timeout_seconds: int = 30
-    job_attempts: int = 10
-    """Attempts per apply job. Only transient errors (database or Redis unreachable) spend them: with SAQ's
-    exponential backoff (1 s doubling to at most 30 s, jittered) ten attempts ride out a minute-long outage."""
-    recovery_interval_seconds: int = 60
-    """How often each worker looks for accepted commands whose job was lost, and for events left unpublished."""
-    recovery_grace_seconds: int = 30
+    job_timeout_seconds: Positive = 30
+    job_attempts: Annotated[int, msgspec.Meta(ge=2)] = 10
+    """Attempts per apply job (SAQ re-runs a killed worker's job only with two or more). Only the environment
+    failing (the database or Redis unreachable) spends them; each wait is drawn at random below 1, 2, 4 ... 30 s,
+    so ten attempts span 75 s on average. A command whose attempts run out while the database is still down stays
+    accepted (ending it needs the database), and the recovery pass queues it again later."""
+    recovery_interval_seconds: Positive = 60
+    """How often each worker looks for accepted commands whose job was lost, and for events left unpublished.
+    It runs on a cron schedule, so it must divide a minute (1 to 60 s) or an hour (whole minutes)."""
+    recovery_grace_seconds: Positive = 30
     """How long an accepted command may wait for its job before the recovery pass queues it again."""
     rate_limit: str = "1200/minute"
     """Requests per API key (per client address for requests without a valid key): `<count>/<second|minute|hour|day>`
@@ -62,6 +68,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     def __post_init__(self) -> None:
         if self.rate_limit.strip() != RATE_LIMIT_OFF and not RATE_LIMIT.match(self.rate_limit):
             raise ValueError(f"rate_limit must be '<count>/<second|minute|hour|day>' or 'off', not {self.rate_limit!r}")
+        interval = self.recovery_interval_seconds
+        if not (60 % interval == 0 if interval <= 60 else interval % 60 == 0 and 60 % (interval // 60) == 0):
+            raise ValueError(f"recovery_interval_seconds must divide a minute or an hour, not {interval}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -17,7 +17,7 @@ from widgetry.api.schemas import CommandResource, command_url
 from widgetry.api.security import presented_key
 from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.models import CommandRecord
-from widgetry.services.commands import CommandService
+from widgetry.services.commands import UNFINISHED, CommandService
 from widgetry.services.intake import enqueue
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
@@ -41,7 +41,7 @@ IdempotencyKeyHeader = Annotated[
         name="Idempotency-Key",
         min_length=1,
         max_length=255,
-        # No NUL: the key is stored, and PostgreSQL cannot store one in text.
+        # No NUL: a key is a token sent in a header, and one with a NUL is a client's mistake worth telling.
         pattern=r"^[^\x00]*$",
         description="Repeating a write with the same key and body returns the original command and queues nothing.",
     ),
@@ -99,7 +99,7 @@ def command_response(record: CommandRecord) -> Response[Any]:
 
 def replay_response(record: CommandRecord) -> Response[Any]:
     """A repeated request (same idempotency key, same command) gets the original command and queues nothing."""
-    finished = record.status not in (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+    finished = record.status not in UNFINISHED
     return Response(
         CommandResource.of(record), status_code=200 if finished else 202, headers={"Location": command_url(record.id)}
     )

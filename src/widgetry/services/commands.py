@@ -169,17 +169,20 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         """Ends a command that could not be applied at all (its retries spent) with its problem and one event.
 
         Under the sku's lock, and only if it is still unfinished: a sibling job may have applied it meanwhile.
-        Returns the sku, whose committed events are then to be published.
+        Returns the sku when it did end the command (its event is then to be published), else `None`.
         """
         record = await self.get_one_or_none(id=command_id)
         if record is None or record.sku is None:
             return None
-        await lock_head(self.session, record.sku)
+        sku = record.sku
+        await lock_head(self.session, sku)
         await self.session.refresh(record)
-        if record.status in UNFINISHED:
-            self.session.add(_fail(record, failure))
+        if record.status not in UNFINISHED:
+            await self.session.rollback()
+            return None
+        self.session.add(_fail(record, failure))
         await self.session.commit()
-        return record.sku
+        return sku
 
     async def failed(self, limit: int) -> Sequence[CommandRecord]:
         """Commands that ended `failed`, newest first: what an operator looks at before retrying one."""
