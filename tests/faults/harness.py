@@ -374,6 +374,17 @@ class FaultRun:
     async def submitted(self) -> int:
         return len(self.submitter.commands)
 
+    async def retried_jobs(self) -> int:
+        """Apply jobs that have been started more than once (SAQ keeps each job's record, with its attempts)."""
+        client = aioredis.from_url(self.redis_url)
+        try:
+            keys = [key async for key in client.scan_iter(f"saq:job:{self.prefix}:*", count=1000)]
+            records = await client.mget(keys) if keys else []
+        finally:
+            await client.aclose()
+        jobs = [msgspec.json.decode(record) for record in records if record]
+        return sum(job.get("function") == "apply_command" and job.get("attempts", 0) > 1 for job in jobs)
+
     async def settle(self, timeout: float = 120) -> None:
         commands = len(self.submitter.commands)
         await eventually(lambda: at_least(self.probe.finished, commands), timeout, "every command to finish")

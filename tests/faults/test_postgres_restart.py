@@ -30,15 +30,19 @@ async def test_a_postgres_restart_mid_run_is_ridden_out(
             return run.submitter.statuses[503]
 
         await eventually(lambda: at_least(run.submitted, 0.4 * COMMANDS), 60, "two fifths of the commands")
-        postgres.stop()
+        await asyncio.to_thread(postgres.stop)
         stopped_after = await run.submitted()
+        # Down until intake has refused writes and the workers have had to retry jobs: both sides saw the outage.
         await eventually(lambda: at_least(refused, REFUSED_WHILE_DOWN), 60, "writes refused, PostgreSQL down")
-        postgres.start()
+        await eventually(lambda: at_least(run.retried_jobs, 1), 60, "a job retried, PostgreSQL down")
+        await asyncio.to_thread(postgres.start)
         await sending
         await run.settle()
 
     responses = run.submitter.statuses
-    ledger = await run.ledger(stopped_after=stopped_after, responses=dict(responses))
+    retried = await run.retried_jobs()
+    ledger = await run.ledger(stopped_after=stopped_after, responses=dict(responses), retried_jobs=retried)
     assert set(responses) <= {200, 202, 503}, "no 500: a database that is down is a 503 problem"
     assert run.submitter.not_problems == 0
+    assert retried >= 1
     assert_exactly_once(ledger, COMMANDS)

@@ -77,22 +77,23 @@ async def test_a_key_longer_than_255_characters_is_refused(client: httpx.AsyncCl
 
 
 async def test_each_api_key_has_idempotency_keys_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clients send the same key with the same body: each gets a command of its own (the second one then fails,
+    as a second create of the sku does), neither is handed the other's."""
     monkeypatch.chdir(tmp_path)
     app = create_app(Settings(api_keys=(API_KEY, "another-client-key")))
     async with serve(app) as client:
         mine = await client.post("/widgets", json=BODY, headers=keyed("shared") | WAIT)
         theirs = await client.post(
-            "/widgets",
-            json=BODY | {"sku": "IDEM-2"},
-            headers={"X-API-Key": "another-client-key", "Idempotency-Key": "shared"} | WAIT,
+            "/widgets", json=BODY, headers={"X-API-Key": "another-client-key", "Idempotency-Key": "shared"} | WAIT
         )
         again = await client.post("/widgets", json=BODY, headers=keyed("shared"))
 
-        assert (mine.status_code, theirs.status_code, again.status_code) == (200, 200, 200)
-        assert theirs.json()["id"] != mine.json()["id"]
+        assert (mine.status_code, theirs.status_code, again.status_code) == (200, 409, 200)
+        assert theirs.headers["location"] != mine.headers["location"]
         assert again.json()["id"] == mine.json()["id"]
         assert await count(app, CommandRecord) == 2
-        assert [e["sku"] for e in await stream(app)] == ["IDEM-1", "IDEM-2"]
+        assert [e["type"] for e in await stream(app)] == ["widget.created", "command.failed"]
         async with app.state.connections.alchemy.get_session() as session:
             stored = set(await session.scalars(select(CommandRecord.idempotency_key)))
+    assert len(stored) == 2
     assert "shared" not in stored, "keys are stored as digests, scoped to the client"
