@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.integration.test_processes import compose_command
 from tests.support import API_KEY, Process, Server, eventually
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
+from widgetry.settings import Settings
 
 SUMMARIES: list[str] = []
 """Every summary line of the run, repeated at its end (`conftest.pytest_terminal_summary`): pytest hides what a
@@ -209,7 +210,7 @@ async def account(
 ) -> Ledger:
     """The ledger of a run. `source` is where events are counted: the Redis `stream` (what SSE clients see), or the
     `outbox` when the stream itself was flushed during the run (events published before a flush are gone)."""
-    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
+    engine = create_async_engine(Settings(database_url=database_url).sqlalchemy_url)
     try:
         async with engine.connect() as connection:
             records = {
@@ -313,7 +314,7 @@ class Probe:
     """Reads the run's database while it runs: how many commands have finished, what is left unpublished."""
 
     def __init__(self, database_url: str) -> None:
-        self._engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
+        self._engine = create_async_engine(Settings(database_url=database_url).sqlalchemy_url)
 
     async def close(self) -> None:
         await self._engine.dispose()
