@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_RECOVERIES = 5
+"""Times the recovery pass queues one command again before giving up on it (each time after its job was lost or
+its attempts ran out: with a job that kills its worker, ten worker deaths a time)."""
 RECOVERY_BATCH = 1_000
 """Commands the recovery pass queues again per run, oldest first; the next run takes the rest."""
 
@@ -95,14 +98,32 @@ def _grace(connections: Connections) -> timedelta:
 async def requeue_unfinished(connections: Connections, queue: Queue, accepted_before: datetime | None = None) -> int:
     """Queues unfinished commands again (those accepted before the given time), oldest first. Jobs are keyed by
     command id, so a command whose job is still queued or running is not queued twice, and a re-run of one that
-    did finish changes nothing: the sku's applied_seq fence stops it."""
+    did finish changes nothing: the sku's applied_seq fence stops it.
+
+    Each time a command's job had to be queued anew is counted; one queued `MAX_RECOVERIES` times and still not
+    finished (its job keeps dying with its worker, say) ends `failed` instead of going round for ever.
+    """
     async with connections.alchemy.get_session() as session:
         unfinished = await CommandService(session=session).unfinished(accepted_before, limit=RECOVERY_BATCH)
+    requeued: list[UUID] = []
     for record in unfinished:
-        await dispatch(queue, connections.settings, record.id)
-    if unfinished:
-        logger.info("re-queued %d unfinished commands", len(unfinished))
-    return len(unfinished)
+        if record.recoveries >= MAX_RECOVERIES:
+            await give_up(connections, record.id, record.recoveries)
+        elif await dispatch(queue, connections.settings, record.id):
+            requeued.append(record.id)
+    if requeued:
+        async with connections.alchemy.get_session() as session:
+            await CommandService(session=session).count_recoveries(requeued)
+        logger.info("re-queued %d unfinished commands", len(requeued))
+    return len(requeued)
+
+
+async def give_up(connections: Connections, command_id: UUID, recoveries: int) -> None:
+    logger.error("command %s queued again %d times and never finished: it ends failed", command_id, recoveries)
+    failure = CommandFailed(f"The command was queued again {recoveries} times and never finished.")
+    async with connections.alchemy.get_session() as session:
+        sku = await CommandService(session=session).mark_failed(command_id, failure)
+    await publish_pending(connections, sku)
 
 
 async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:

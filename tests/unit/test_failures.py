@@ -9,13 +9,16 @@ import httpx
 import pytest
 from advanced_alchemy.exceptions import IntegrityError as RepositoryError
 from litestar import Litestar
+from litestar_saq import SAQPlugin
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from tests.support import AUTH, WAIT
-from tests.unit.state import outbox, widget_row
+from tests.support import AUTH, WAIT, eventually
+from tests.unit.state import CommandRecord, outbox, widget_row
 from widgetry.domain.commands import CreateWidget, UpdateWidget
 from widgetry.services import commands as command_service
 from widgetry.services.commands import CommandService
+from workers.jobs import MAX_RECOVERIES, requeue_unfinished
 
 
 async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_commands_still_apply(
@@ -109,3 +112,33 @@ async def test_a_command_that_fails_midway_leaves_nothing_of_itself(
     assert row is not None
     assert (row.price_cents, row.version) == (1, 1)
     assert [event.type for event in await outbox(app)] == ["widget.created", "command.failed"]
+
+
+async def test_a_command_the_recovery_pass_keeps_requeueing_ends_failed(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    """A command whose job never finishes (its worker dies each time) is queued again a bounded number of times."""
+    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
+    async with app.state.connections.alchemy.get_session() as session:
+        service = CommandService(session=session)
+        lost, _ = await service.accept("LOST-1", CreateWidget(values={"name": "Lost", "price_cents": 1}))
+        doomed, _ = await service.accept("DOOMED-1", CreateWidget(values={"name": "Doomed", "price_cents": 1}))
+        await session.execute(
+            update(CommandRecord).where(CommandRecord.id == doomed.id).values(recoveries=MAX_RECOVERIES)
+        )
+        await session.commit()
+
+    assert await requeue_unfinished(app.state.connections, queue) == 1  # LOST-1; DOOMED-1 is given up on
+
+    doomed_now = (await client.get(f"/commands/{doomed.id}")).json()
+    assert (doomed_now["status"], doomed_now["error"]["type"]) == ("failed", "/problems/internal")
+    assert f"{MAX_RECOVERIES} times" in doomed_now["error"]["detail"]
+    async with app.state.connections.alchemy.get_session() as session:
+        assert (await session.get(CommandRecord, lost.id)).recoveries == 1
+    await eventually(lambda: _exists(app, "LOST-1"), 10, "the re-queued command to be applied")
+    assert await widget_row(app, "DOOMED-1") is None
+    assert ("command.failed", "DOOMED-1") in [(event.type, event.sku) for event in await outbox(app)]
+
+
+async def _exists(app: Litestar, sku: str) -> bool:
+    return await widget_row(app, sku) is not None

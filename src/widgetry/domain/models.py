@@ -83,6 +83,9 @@ class CommandRecord(UUIDv7Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
     """A digest of the command (type, sku, payload): a reused idempotency key must come with the same one."""
+    recoveries: Mapped[int] = mapped_column(default=0, server_default="0")
+    """How often the recovery pass has queued it again: past a cap, a command that never finishes (one that kills
+    its worker each time, say) ends `failed` instead of going round for ever."""
 
 
 class EventRecord(BigIntBase):

@@ -218,6 +218,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
                 status=CommandStatus.ACCEPTED.value,
                 accepted_at=datetime.now(UTC),
                 finished_at=None,
+                recoveries=0,
                 error=null(),  # SQL NULL, as on a command that never ran: the ORM would store None as JSON `null`
             )
             .returning(CommandRecord),
@@ -226,6 +227,15 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         retried = result.scalar_one()
         await self.session.commit()
         return retried
+
+    async def count_recoveries(self, command_ids: Sequence[UUID]) -> None:
+        """Counts one more recovery for each command (their jobs were queued anew by the recovery pass)."""
+        await self.session.execute(
+            update(CommandRecord)
+            .where(CommandRecord.id.in_(command_ids))
+            .values(recoveries=CommandRecord.recoveries + 1)
+        )
+        await self.session.commit()
 
     async def purge_finished_before(self, cutoff: datetime) -> int:
         """Forgets commands that finished before `cutoff` (they are kept for the retention period, not forever)."""

@@ -37,13 +37,14 @@ async def enqueue(queue: Queue, settings: Settings, command_id: UUID) -> None:
         logger.warning("command %s recorded but not queued (%r); the recovery pass will queue it", command_id, error)
 
 
-async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> None:
+async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> bool:
     """Queues the job that applies a command; keyed by the command id, so queueing it twice queues it once.
+    Says whether a job was queued (`False`: one for the command was already waiting or running).
 
     SAQ's defaults are not safe here: `retries=1` means a single attempt, and a job whose worker is killed is
     only re-run when it has `retries >= 2` and a `timeout`. Both are set deliberately.
     """
-    await queue.enqueue(
+    job = await queue.enqueue(
         APPLY_COMMAND,
         key=str(command_id),
         command_id=str(command_id),
@@ -53,3 +54,4 @@ async def dispatch(queue: Queue, settings: Settings, command_id: UUID) -> None:
         retry_backoff=MAX_RETRY_DELAY_S,
         ttl=600,
     )
+    return job is not None
