@@ -42,14 +42,16 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg_errors.OperatorInterventionError,  # "the database system is shutting down", admin shutdown
     asyncpg_errors.InterfaceError,
     asyncpg_errors.InternalClientError,  # a connection left mid-operation when the server went away
+    asyncpg_errors.TransactionRollbackError,  # a deadlock or serialization failure: the same work may pass next time
 )
 
 
 def is_unavailable(error: BaseException | None) -> bool:
-    """Whether an error means the database or Redis could not be reached or dropped the connection, so the same
-    request can succeed later. The chain of causes is searched: asyncpg raises its own errors from a pool connect,
-    SQLAlchemy wraps them, and Advanced Alchemy wraps SQLAlchemy's (a dropped connection can surface as its
-    `IntegrityError`)."""
+    """Whether an error is the environment's, not the request's: the database or Redis could not be reached, dropped
+    the connection, or gave up this attempt (a deadlock), so the same request can succeed later.
+
+    The chain of causes is searched: asyncpg raises its own errors from a pool connect, SQLAlchemy wraps them, and
+    Advanced Alchemy wraps SQLAlchemy's (a dropped connection can surface as its `IntegrityError`)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
