@@ -119,6 +119,8 @@ class Submitter:
     commands: list[Submitted] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     retries: int = 0
+    transport_errors: int = 0
+    """Requests that got no response at all (a connection cut or timed out), retried like a 503."""
     not_problems: int = 0
     """Error responses that were not `application/problem+json`."""
 
@@ -154,6 +156,7 @@ class Submitter:
                 try:
                     response = await client.request(method, path, json=body, headers={"Idempotency-Key": key})
                 except httpx.TransportError:
+                    self.transport_errors += 1
                     response = None
                 if response is not None:
                     self.statuses[response.status_code] += 1
@@ -401,7 +404,12 @@ class FaultRun:
             self.name, self.database_url, self.redis_url, self.prefix, self.submitter.commands, source=source
         )
         ledger.expected_rows = expected_rows(self.submitter.commands, self.seqs)
-        ledger.extra = {**extra, "client_retries": self.submitter.retries}
+        ledger.extra = {
+            **extra,
+            "responses": dict(self.submitter.statuses),
+            "no_response": self.submitter.transport_errors,
+            "client_retries": self.submitter.retries,
+        }
         if reported:
             report(ledger.line())
         return ledger
