@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -13,9 +13,10 @@ from saq.job import Status
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
 from widgetry.services.events import EventService
-from widgetry.services.intake import APPLY_COMMAND, dispatch
+from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, dispatch
 
 if TYPE_CHECKING:
+    from saq.job import Job
     from saq.queue import Queue
 
     from widgetry.connections import Connections
@@ -27,47 +28,66 @@ MAX_RECOVERIES = 5
 its attempts ran out: with a job that kills its worker, ten worker deaths a time)."""
 RECOVERY_BATCH = 1_000
 """Commands the recovery pass queues again per run, oldest first; the next run takes the rest."""
+RELAY_BATCH = 100
+"""Skus whose leftover events the relay publishes in one transaction."""
+APPLY_JOBS = (APPLY_COMMANDS, APPLY_COMMAND)
 
 
-async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
-    """Applies one command (and any earlier pending one of its sku), then publishes. Safe to run more than once.
+async def apply_commands(ctx: dict[str, Any], *, command_ids: list[str]) -> None:
+    """Applies a batch of commands (and any earlier pending ones of their skus) in one transaction, then publishes
+    their events. Safe to run more than once.
 
-    What the command itself gets wrong (the widget exists, is missing, moved on) ends it `failed` at once, inside
+    What a command itself gets wrong (the widget exists, is missing, moved on) ends it `failed` at once, inside
     the service. What is left to raise is the environment failing (the database or Redis unreachable, a
-    deadlock): SAQ runs the job again with backoff, and `end_failed_command` ends it once its attempts are spent.
+    deadlock): SAQ runs the job again with backoff, and `end_failed_command` ends its commands once its attempts
+    are spent.
     """
     connections: Connections = ctx["connections"]
     async with connections.alchemy.get_session() as session:
-        sku = await CommandService(session=session).apply(UUID(command_id))
-    await publish_pending(connections, sku)
+        skus = await CommandService(session=session).apply_many([UUID(command_id) for command_id in command_ids])
+    await publish_pending(connections, skus)
+
+
+async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
+    """The single-command job earlier releases queued: applied as a batch of one."""
+    await apply_commands(ctx, command_ids=[command_id])
+
+
+def _job_command_ids(job: Job) -> list[str]:
+    if job.function == APPLY_COMMANDS:
+        return list(job.kwargs["command_ids"])
+    return [job.kwargs["command_id"]]
 
 
 async def end_failed_command(ctx: dict[str, Any]) -> None:
-    """After a job: when an apply job has failed for good (its attempts spent, or timed out on the last one), the
-    command ends `failed` with an `internal` problem and one `command.failed` event, rather than staying accepted."""
+    """After a job: when an apply job has failed for good (its attempts spent, or timed out on the last one), each
+    of its commands still unfinished ends `failed` with an `internal` problem and one `command.failed` event,
+    rather than staying accepted."""
     job = ctx.get("job")
-    if job is None or job.function != APPLY_COMMAND or job.status not in (Status.FAILED, Status.ABORTED):
+    if job is None or job.function not in APPLY_JOBS or job.status not in (Status.FAILED, Status.ABORTED):
         return
     if job.status is Status.ABORTED and job.retryable:
         # Aborted by SAQ's sweep (it ran past its timeout): the sweep queues it again itself.
         return
     connections: Connections = ctx["connections"]
-    command_id = job.kwargs["command_id"]
     failure = CommandFailed(f"The command could not be applied after {job.attempts} attempts.")
-    # Should the database still be down, this raises and the command stays accepted: the recovery pass queues it
-    # again later, which is what a command deserves when nothing was wrong with it.
-    async with connections.alchemy.get_session() as session:
-        sku = await CommandService(session=session).mark_failed(UUID(command_id), failure)
-    if sku is not None:  # not when the command had succeeded and only publishing its event failed
-        logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
-        await publish_pending(connections, sku)
+    ended: list[str] = []
+    for command_id in _job_command_ids(job):
+        # Should the database still be down, this raises and the commands stay accepted: the recovery pass queues
+        # them again later, which is what a command deserves when nothing was wrong with it.
+        async with connections.alchemy.get_session() as session:
+            sku = await CommandService(session=session).mark_failed(UUID(command_id), failure)
+        if sku is not None:  # not when the command had succeeded and only publishing its event failed
+            logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
+            ended.append(sku)
+    await publish_pending(connections, ended)
 
 
-async def publish_pending(connections: Connections, sku: str | None) -> None:
-    if sku is None:
+async def publish_pending(connections: Connections, skus: Collection[str]) -> None:
+    if not skus:
         return
     async with connections.alchemy.get_session() as session:
-        await EventService(session=session).publish_pending(sku, connections.publisher.publish)
+        await EventService(session=session).publish_pending(skus, connections.publisher.publish)
 
 
 async def relay_unpublished(ctx: dict[str, Any]) -> int:
@@ -78,8 +98,8 @@ async def relay_unpublished(ctx: dict[str, Any]) -> int:
         skus = await EventService(session=session).skus_with_unpublished(
             datetime.now(UTC) - _grace(connections), limit=RECOVERY_BATCH
         )
-    for sku in skus:
-        await publish_pending(connections, sku)
+    for first in range(0, len(skus), RELAY_BATCH):
+        await publish_pending(connections, skus[first : first + RELAY_BATCH])
     return len(skus)
 
 
@@ -109,7 +129,7 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
     for record in unfinished:
         if record.recoveries >= MAX_RECOVERIES:
             await give_up(connections, record.id, record.recoveries)
-        elif await dispatch(queue, connections.settings, record.id):
+        elif await dispatch(queue, connections.settings, [record.id]):
             requeued.append(record.id)
     if requeued:
         async with connections.alchemy.get_session() as session:
@@ -123,7 +143,7 @@ async def give_up(connections: Connections, command_id: UUID, recoveries: int) -
     failure = CommandFailed(f"The command was queued again {recoveries} times and never finished.")
     async with connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).mark_failed(command_id, failure)
-    await publish_pending(connections, sku)
+    await publish_pending(connections, [sku] if sku else [])
 
 
 async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:

@@ -13,11 +13,12 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from saq.queue.redis import RedisQueue
 
 from widgetry.connections import is_unavailable
-from widgetry.services.intake import APPLY_COMMAND
+from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
 from workers.jobs import (
     apply_command,
+    apply_commands,
     end_failed_command,
     purge_expired,
     recover_unfinished,
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from widgetry.connections import Connections
 
 logger = logging.getLogger(__name__)
+# SAQ logs three INFO lines per job (queued, processing, finished): at hundreds of commands a second that is a
+# measurable share of the web and worker processes' time, and says nothing the command records do not. Its warnings
+# and errors (failed jobs, sweeps) still show.
+logging.getLogger("saq").setLevel(logging.WARNING)
 
 SWEEP_SECONDS = 10
 """How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
@@ -151,9 +156,8 @@ def every(seconds: int) -> str:
     return f"* * * * * */{seconds}"
 
 
-def saq_plugin(connections: Connections) -> SAQPlugin:
+def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
     settings = connections.settings
-    queue = build_queue(connections)
     plugin = SAQPlugin(
         SAQConfig(
             queue_instances={queue.name: queue},
@@ -163,7 +167,7 @@ def saq_plugin(connections: Connections) -> SAQPlugin:
                     # Named after the host, so a container's health check can find its own workers' heartbeats.
                     id=f"{socket.gethostname()}-{os.getpid()}",
                     broker_instance=connections.redis,
-                    tasks=[(APPLY_COMMAND, apply_command)],
+                    tasks=[(APPLY_COMMANDS, apply_commands), (APPLY_COMMAND, apply_command)],
                     scheduled_tasks=[
                         CronJob(
                             function=recover_unfinished, cron=every(settings.recovery_interval_seconds), timeout=60

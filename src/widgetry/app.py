@@ -32,9 +32,10 @@ from widgetry.api.security import ApiKeys, api_key_guard
 from widgetry.api.widgets import create_widget, delete_widget, get_widget, list_widgets, update_widget
 from widgetry.cli import WidgetryCLIPlugin
 from widgetry.connections import Connections, build_alchemy
+from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
-from workers.queue import saq_plugin
+from workers.queue import build_queue, saq_plugin
 
 logger = logging.getLogger("widgetry")
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         buffer_size=settings.subscriber_queue_size,
         keepalive=settings.keepalive_seconds,
     )
+    queue = build_queue(connections)
     read_guards = [api_key_guard] if settings.protect_reads else []
     rate_limit = rate_limit_config(settings)
     return Litestar(
@@ -80,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         cors_config=_cors_config(settings),
         plugins=[
             SQLAlchemyPlugin(config=connections.alchemy),
-            saq_plugin(connections),
+            saq_plugin(connections, queue),
             problem_details_plugin(),
             WidgetryCLIPlugin(),
         ],
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "connections": connections,
                 "hub": hub,
+                "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
                 "api_keys": ApiKeys(settings.effective_api_keys),
             }

@@ -177,7 +177,7 @@ def retry_command(app: Litestar, command_id: UUID) -> None:
 
         try:
             with anyio.fail_after(QUEUE_TIMEOUT_S):
-                await dispatch(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, record.id)
+                await dispatch(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, [record.id])
         except Exception as error:
             if not is_unavailable(error):
                 raise

@@ -71,7 +71,7 @@ async def spent(client: httpx.AsyncClient, app: Litestar, method: str, path: str
     command_id = await unqueued(client, app, method, path, body)
     async with app.state.connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).mark_failed(UUID(command_id), CommandFailed(SPENT))
-    await publish_pending(app.state.connections, sku)
+    await publish_pending(app.state.connections, [sku] if sku else [])
     return command_id
 
 

@@ -63,7 +63,6 @@ async def test_a_command_posted_to_one_web_process_streams_from_another(
     assert [json.loads(e.data)["command_id"] for e in events] == [created.json()["id"], patched.json()["id"]]
     async with httpx.AsyncClient(base_url=web_b.url) as client:
         assert (await client.get("/widgets/MP-1")).json()["name"] == "Multi II"
-    assert "apply_command" in worker.output
     assert run_health_check("worker", worker.env).returncode == 0, worker.output
 
 

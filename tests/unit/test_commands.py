@@ -189,7 +189,7 @@ async def test_a_command_that_keeps_failing_ends_failed_internal_once_attempts_a
         raise RuntimeError("database on fire")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(CommandService, "apply", broken)
+    monkeypatch.setattr(CommandService, "apply_many", broken)
     app = create_app(Settings(api_keys=(API_KEY,), job_attempts=2))
     async with serve(app) as client:
         response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
@@ -237,7 +237,7 @@ async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_ap
         stuck = await client.patch("/widgets/SPR-1", json={"name": "Never"}, headers=AUTH)
     async with app.state.connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).mark_failed(UUID(stuck.json()["id"]), CommandFailed("spent"))
-    await publish_pending(app.state.connections, sku)
+    await publish_pending(app.state.connections, [sku] if sku else [])
 
     later = await client.patch("/widgets/SPR-1", json={"price_cents": 1}, headers=AUTH | WAIT)
 
@@ -265,7 +265,7 @@ async def test_a_job_that_times_out_on_its_last_attempt_ends_the_command_failed(
         await asyncio.sleep(60)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(CommandService, "apply", hangs)
+    monkeypatch.setattr(CommandService, "apply_many", hangs)
     app = create_app(Settings(api_keys=(API_KEY,), job_attempts=1, job_timeout_seconds=1))
     async with serve(app) as client:
         response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)

@@ -12,14 +12,15 @@ from litestar import Request, Response
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 from saq.queue import Queue
+from uuid_utils.compat import uuid7
 
 from widgetry.api.schemas import CommandResource, command_url
 from widgetry.api.security import presented_key
+from widgetry.connections import Connections
 from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.models import CommandRecord
-from widgetry.services.commands import UNFINISHED, CommandService
-from widgetry.services.intake import enqueue
-from widgetry.settings import Settings
+from widgetry.services.commands import UNFINISHED, CommandService, Submission
+from widgetry.services.intake import CommandIntake, enqueue
 from widgetry.streaming.hub import EventHub
 
 MAX_WAIT_S = 30
@@ -50,37 +51,49 @@ IdempotencyKeyHeader = Annotated[
 
 class Intake:
     """Records a command (committed before anyone is told), queues it, and answers `202 Accepted`; with
-    `Prefer: wait=N`, waits up to N seconds for the outcome and answers 200 or the command's problem instead."""
+    `Prefer: wait=N`, waits up to N seconds for the outcome and answers 200 or the command's problem instead.
+
+    Commands without an idempotency key go through the process's group commit; one with a key is recorded on its
+    own, since its key must first be looked up (and raced for) in the database.
+    """
 
     def __init__(
         self,
-        commands: CommandService,
+        intake: CommandIntake,
+        connections: Connections,
         queue: Queue,
-        settings: Settings,
         hub: EventHub,
         wait: float,
         idempotency_key: str | None,
     ) -> None:
-        self._commands = commands
+        self._intake = intake
+        self._connections = connections
         self._queue = queue
-        self._settings = settings
         self._hub = hub
         self._wait = wait
         self._idempotency_key = idempotency_key
 
     async def submit(self, sku: str, command: Command) -> Response[Any]:
-        record, created = await self._commands.accept(sku, command, self._idempotency_key)
-        if not created:
-            return replay_response(record)
-        async with self._hub.watch_command(str(record.id)) as finished:
-            await enqueue(self._queue, self._settings, record.id)
-            if self._wait:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._wait):
-                        await finished.wait()
-        if self._wait:
-            await self._commands.session.refresh(record)
-        return command_response(record)
+        # The id is chosen here so the outcome can be watched for before any worker can finish the command.
+        submission = Submission(id=uuid7(), sku=sku, command=command)
+        async with self._hub.watch_command(str(submission.id)) as finished:
+            if self._idempotency_key is None:
+                record = await self._intake.accept(submission)
+            else:
+                async with self._connections.alchemy.get_session() as session:
+                    record, created = await CommandService(session=session).accept(
+                        sku, command, self._idempotency_key, command_id=submission.id
+                    )
+                if not created:
+                    return replay_response(record)
+                await enqueue(self._queue, self._connections.settings, [record.id])
+            if not self._wait:
+                return command_response(record)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._wait):
+                    await finished.wait()
+        async with self._connections.alchemy.get_session() as session:
+            return command_response(await CommandService(session=session).get(record.id))
 
 
 def command_response(record: CommandRecord) -> Response[Any]:
@@ -107,9 +120,7 @@ def replay_response(record: CommandRecord) -> Response[Any]:
 
 def provide_intake(
     request: Request[Any, Any, Any],
-    commands: NamedDependency[CommandService],
     queue: NamedDependency[Queue],
-    settings: NamedDependency[Settings],
     hub: NamedDependency[EventHub],
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -119,7 +130,8 @@ def provide_intake(
     if idempotency_key is not None:
         client = request.app.state.api_keys.fingerprint(presented_key(request)) or ""
         scoped_key = scope_idempotency_key(client, idempotency_key)
-    return Intake(commands, queue, settings, hub, wait, scoped_key)
+    state = request.app.state
+    return Intake(state.intake, state.connections, queue, hub, wait, scoped_key)
 
 
 def scope_idempotency_key(client: str, key: str) -> str:

@@ -30,7 +30,9 @@ Notes = Annotated[str, KwargDefinition(pattern=rf"^[^\x00]{{0,{NOTES_MAX_LENGTH}
 
 
 class Widget(BigIntAuditBase):
-    """A catalogue entry. `version` starts at 1 and SQLAlchemy bumps it on every UPDATE."""
+    """A catalogue entry. `version` starts at 1 and the service bumps it on every change; SQLAlchemy's UPDATE checks
+    it still has the value it was read with (an optimistic lock), so a batch can change one widget several times
+    and write it once."""
 
     __tablename__ = "widgets"
 
@@ -45,7 +47,7 @@ class Widget(BigIntAuditBase):
     internal_notes: Mapped[Notes] = mapped_column(Text, default="")
     version: Mapped[int] = mapped_column(default=1)
 
-    __mapper_args__ = {"version_id_col": version}
+    __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
 
     def public(self) -> dict[str, Any]:
         """The public shape as JSON-ready builtins (times as RFC 3339 strings), as events carry it."""

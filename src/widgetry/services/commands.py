@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
@@ -14,9 +15,10 @@ from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityErr
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, null, select, update
+from sqlalchemy import delete, func, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from uuid_utils.compat import uuid7
 
 from widgetry.connections import is_unavailable
 from widgetry.domain.commands import (
@@ -32,8 +34,8 @@ from widgetry.domain.commands import (
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed, IdempotencyKeyReused
-from widgetry.services.heads import lock_head
-from widgetry.services.widgets import WidgetService
+from widgetry.services.heads import lock_head, lock_heads
+from widgetry.services.widgets import Current, WidgetService
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,6 +44,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+
+
+class Submission(msgspec.Struct, frozen=True):
+    """A command as a write request hands it in, with the id it is recorded under (chosen at intake, so the
+    request can watch for its outcome before a worker can possibly finish it)."""
+
+    id: UUID
+    sku: str
+    command: Command
 
 
 class RetryRefused(Exception):
@@ -60,7 +71,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         return self.repository.session
 
     async def accept(
-        self, sku: str, command: Command, idempotency_key: str | None = None
+        self, sku: str, command: Command, idempotency_key: str | None = None, command_id: UUID | None = None
     ) -> tuple[CommandRecord, bool]:
         """Records the command with the next sequence number of its sku, and commits before anyone is told.
 
@@ -74,6 +85,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         try:
             record = await self.create(
                 CommandRecord(
+                    id=command_id or uuid7(),
                     type=command_type(command),
                     sku=sku,
                     seq=await self._next_seq(sku),
@@ -92,6 +104,32 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             raise
         return record, True
 
+    async def accept_many(self, submissions: Sequence[Submission]) -> list[CommandRecord]:
+        """Records commands submitted together (intake's group commit) in one transaction, in the order given:
+        each sku's counter is bumped once for all of its commands, the commands are inserted in one statement,
+        and one commit makes them all durable before anyone is told."""
+        last_seqs = await self._next_seqs(Counter(submission.sku for submission in submissions))
+        next_seq = {sku: last - count + 1 for sku, (last, count) in last_seqs.items()}
+        accepted_at = datetime.now(UTC)
+        records = []
+        for submission in submissions:
+            seq = next_seq[submission.sku]
+            next_seq[submission.sku] = seq + 1
+            records.append(
+                CommandRecord(
+                    id=submission.id,
+                    type=command_type(submission.command),
+                    sku=submission.sku,
+                    seq=seq,
+                    payload=dump_command(submission.command),
+                    status=CommandStatus.ACCEPTED.value,
+                    accepted_at=accepted_at,
+                )
+            )
+        self.session.add_all(records)
+        await self.session.commit()
+        return records
+
     async def _original(self, idempotency_key: str, fingerprint: str | None) -> CommandRecord | None:
         original = await self.get_one_or_none(idempotency_key=idempotency_key)
         if original is not None and original.fingerprint != fingerprint:
@@ -101,47 +139,85 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         return original
 
     async def apply(self, command_id: UUID) -> str | None:
-        """Applies the command and every earlier pending command of its sku, in accept order, in one transaction.
+        """Applies one command (see `apply_many`); returns its sku, or `None` for an unknown command."""
+        skus = await self.apply_many([command_id])
+        return skus[0] if skus else None
 
-        Re-running it (a re-delivered job, or a sibling job that already drained this one) changes nothing: the
-        sku's `applied_seq` is the fence. Returns the sku, whose committed events are then to be published.
+    async def apply_many(self, command_ids: Sequence[UUID]) -> list[str]:
+        """Applies the commands and every earlier pending command of their skus, in accept order, in one transaction.
+
+        Re-running it (a re-delivered job, or a sibling job that already drained these) changes nothing: each sku's
+        `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue
+        behind each other instead of deadlocking. Returns the skus, whose committed events are then to be published.
         """
-        # Only its sku and seq are used. A retry may move a failed command's seq on meanwhile: a job that read the old
-        # one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
-        record = await self.get_one_or_none(id=command_id)
-        if record is None or record.sku is None:
-            return None
-        sku = record.sku  # read before a rollback expires the record
-        applied_seq = await lock_head(self.session, sku)
-        if record.seq <= applied_seq:
+        # Only their skus and seqs are read. A retry may move a failed command's seq on meanwhile: a job that read
+        # the old one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
+        rows = await self.session.execute(
+            select(CommandRecord.sku, func.max(CommandRecord.seq))
+            .where(CommandRecord.id.in_(command_ids), CommandRecord.sku.is_not(None))
+            .group_by(CommandRecord.sku)
+        )
+        targets: dict[str, int] = {sku: seq for sku, seq in rows.all() if sku is not None}
+        if not targets:
             await self.session.rollback()
-            return sku
+            return []
+        try:
+            await self._apply_pending(targets, careful=False)
+        except Exception as error:
+            if is_unavailable(error):
+                raise
+            # Something in the batch the database refused, or a bug: apply it again with each command in a savepoint
+            # of its own, so the one at fault fails alone and leaves nothing of itself.
+            logger.warning(
+                "a batch of %d commands failed to apply together (%r): applying one at a time", len(command_ids), error
+            )
+            await self.session.rollback()
+            await self._apply_pending(targets, careful=True)
+        return sorted(targets)
+
+    async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> None:
+        """Locks the skus' heads, applies their pending commands up to the targets' seqs, and commits."""
+        applied = await lock_heads(self.session, targets)
+        behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
+        if not behind:
+            await self.session.rollback()
+            return
         pending = await self.session.scalars(
             select(CommandRecord)
-            .where(
-                CommandRecord.sku == record.sku,
-                CommandRecord.seq > applied_seq,
-                CommandRecord.seq <= record.seq,
-                # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
-                CommandRecord.status.in_(UNFINISHED),
-            )
-            .order_by(CommandRecord.seq)
+            # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
+            .where(CommandRecord.sku.in_(behind), CommandRecord.status.in_(UNFINISHED))
+            .order_by(CommandRecord.sku, CommandRecord.seq)
         )
         widgets = WidgetService(session=self.session)
-        for pending_record in pending:
-            self.session.add(await self._apply_one(widgets, pending_record))
+        current = await widgets.current(behind)
+        for record in pending.all():
+            sku = record.sku or ""
+            if applied[sku] < record.seq <= behind[sku]:
+                apply = self._apply_carefully if careful else self._apply_one
+                self.session.add(await apply(widgets, current, record))
         await self.session.execute(
-            update(WidgetHead).where(WidgetHead.sku == record.sku).values(applied_seq=record.seq)
+            update(WidgetHead), [{"sku": sku, "applied_seq": seq} for sku, seq in sorted(behind.items())]
         )
         await self.session.commit()
-        return record.sku
 
-    async def _apply_one(self, widgets: WidgetService, record: CommandRecord) -> EventRecord:
+    async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord:
+        """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)
+        is found before anything changes and fails it; anything else fails the whole batch, which is then applied
+        carefully."""
+        try:
+            event_type, version, data = await _execute(widgets, current, record.sku or "", load_command(record.payload))
+        except CommandFailed as failure:
+            return _fail(record, failure)
+        return _succeed(record, event_type, version, data)
+
+    async def _apply_carefully(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord:
         """Applies one command inside a savepoint: a command that fails leaves nothing of itself behind (no half
         update, no version bump without its event), and the commands after it still apply."""
+        sku = record.sku or ""
         try:
             async with self.session.begin_nested():
-                event_type, version, data = await _execute(widgets, record.sku or "", load_command(record.payload))
+                event_type, version, data = await _execute(widgets, current, sku, load_command(record.payload))
+                await self.session.flush()
         except CommandFailed as failure:
             return _fail(record, failure)
         except Exception as error:
@@ -149,21 +225,27 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
                 # The database or Redis failing is the environment, not the command: the whole job is retried.
                 raise
             # Anything else is this command's own (a bug, a value the database refuses) and would fail every retry
-            # the same way: it fails now.
+            # the same way: it fails now. Its savepoint is gone, and with it whatever it did to its widget.
             logger.exception("command %s cannot be applied", record.id)
+            current.update(await widgets.current([sku]))
             return _fail(record, CommandFailed(f"The command could not be applied ({type(error).__name__})."))
-        record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
-        return _event(record, event_type, version, data)
+        return _succeed(record, event_type, version, data)
 
     async def _next_seq(self, sku: str) -> int:
+        return (await self._next_seqs({sku: 1}))[sku][0]
+
+    async def _next_seqs(self, counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Moves each sku's `accepted_seq` on by its count of new commands (creating heads as needed), in sku order
+        like every other lock on heads; returns each sku's new `accepted_seq` and its count."""
         insert = postgresql.insert if self.session.bind.dialect.name == "postgresql" else sqlite.insert
-        statement = (
-            insert(WidgetHead)
-            .values(sku=sku, accepted_seq=1, applied_seq=0)
-            .on_conflict_do_update(index_elements=[WidgetHead.sku], set_={"accepted_seq": WidgetHead.accepted_seq + 1})
-            .returning(WidgetHead.accepted_seq)
+        statement = insert(WidgetHead).values(
+            [{"sku": sku, "accepted_seq": count, "applied_seq": 0} for sku, count in sorted(counts.items())]
         )
-        return (await self.session.execute(statement)).scalar_one()
+        statement = statement.on_conflict_do_update(
+            index_elements=[WidgetHead.sku],
+            set_={"accepted_seq": WidgetHead.accepted_seq + statement.excluded.accepted_seq},
+        ).returning(WidgetHead.sku, WidgetHead.accepted_seq)
+        return {sku: (last, counts[sku]) for sku, last in (await self.session.execute(statement)).all()}
 
     async def mark_failed(self, command_id: UUID, failure: CommandFailed) -> str | None:
         """Ends a command that could not be applied at all (its retries spent) with its problem and one event.
@@ -260,6 +342,11 @@ def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord:
     return _event(record, EventType.COMMAND_FAILED, None, {"status": record.status, "error": record.error})
 
 
+def _succeed(record: CommandRecord, event_type: EventType, version: int, data: dict[str, Any]) -> EventRecord:
+    record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
+    return _event(record, event_type, version, data)
+
+
 def _event(record: CommandRecord, event_type: EventType, version: int | None, data: dict[str, Any]) -> EventRecord:
     return EventRecord(
         event_id=uuid4(),
@@ -276,15 +363,17 @@ def _fingerprint(kind: str, sku: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(msgspec.json.encode([kind, sku, payload], order="sorted")).hexdigest()
 
 
-async def _execute(widgets: WidgetService, sku: str, command: Command) -> tuple[EventType, int, dict[str, Any]]:
+async def _execute(
+    widgets: WidgetService, current: Current, sku: str, command: Command
+) -> tuple[EventType, int, dict[str, Any]]:
     match command:
         case CreateWidget(values=values):
-            widget = await widgets.create_widget(sku, values)
+            widget = await widgets.create_widget(current, sku, values)
             return EventType.WIDGET_CREATED, widget.version, widget.public()
         case UpdateWidget(changes=changes, expected_version=expected):
-            widget = await widgets.update_widget(sku, changes, expected)
+            widget = await widgets.update_widget(current, sku, changes, expected)
             return EventType.WIDGET_UPDATED, widget.version, widget.public()
         case DeleteWidget(expected_version=expected):
-            widget = await widgets.delete_widget(sku, expected)
+            widget = await widgets.delete_widget(current, sku, expected)
             return EventType.WIDGET_DELETED, widget.version + 1, {"sku": sku}
     raise TypeError(f"unknown command {command!r}")  # pragma: no cover - the union is closed

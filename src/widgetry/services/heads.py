@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
@@ -13,10 +14,27 @@ if TYPE_CHECKING:
 
 
 async def lock_head(session: AsyncSession, sku: str) -> int:
-    """Locks the sku's head row until the transaction ends, and returns its `applied_seq`.
+    """Locks the sku's head row until the transaction ends, and returns its `applied_seq`."""
+    return (await lock_heads(session, [sku]))[sku]
 
-    A no-op write takes the row lock on PostgreSQL (like SELECT ... FOR UPDATE) and the write lock on SQLite,
-    whose deferred transactions would otherwise let two appliers read the same `applied_seq`.
+
+async def lock_heads(session: AsyncSession, skus: Collection[str]) -> dict[str, int]:
+    """Locks the skus' head rows until the transaction ends, and returns their `applied_seq`s.
+
+    On PostgreSQL, `SELECT ... ORDER BY sku FOR UPDATE` takes the row locks in sku order: every transaction that
+    locks several heads (a batch of commands, the intake's counters) takes them in that one order, so two of them
+    cannot deadlock. SQLite ignores FOR UPDATE and lets one writer in at a time: a no-op write takes that lock
+    first, since its deferred transactions would otherwise let two appliers read the same `applied_seq`.
     """
-    await session.execute(update(WidgetHead).where(WidgetHead.sku == sku).values(applied_seq=WidgetHead.applied_seq))
-    return (await session.execute(select(WidgetHead.applied_seq).where(WidgetHead.sku == sku))).scalar_one()
+    ordered = sorted(set(skus))
+    if session.bind.dialect.name == "sqlite":
+        await session.execute(
+            update(WidgetHead).where(WidgetHead.sku.in_(ordered)).values(applied_seq=WidgetHead.applied_seq)
+        )
+    rows = await session.execute(
+        select(WidgetHead.sku, WidgetHead.applied_seq)
+        .where(WidgetHead.sku.in_(ordered))
+        .order_by(WidgetHead.sku)
+        .with_for_update()
+    )
+    return dict(rows.tuples().all())

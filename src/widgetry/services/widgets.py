@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,10 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from widgetry.domain.models import Widget
 from widgetry.domain.problems import VersionConflict, WidgetExists, WidgetNotFound
 
+Current = dict[str, Widget | None]
+"""The widgets a batch of commands works on, by sku (`None`: no widget has that sku), kept up to date by the changes
+below, so a batch reads each widget once however many of its commands touch it."""
+
 
 class WidgetRepository(SQLAlchemyAsyncRepository[Widget]):
     model_type = Widget
@@ -19,30 +24,52 @@ class WidgetRepository(SQLAlchemyAsyncRepository[Widget]):
 class WidgetService(SQLAlchemyAsyncRepositoryService[Widget]):
     repository_type = WidgetRepository
 
-    async def create_widget(self, sku: str, values: dict[str, Any]) -> Widget:
-        if await self.exists(sku=sku):
-            raise WidgetExists(f"A widget with sku {sku!r} already exists.")
-        return await self.create(Widget(**_trimmed(values), sku=sku))
+    async def current(self, skus: Collection[str]) -> Current:
+        """The widgets of these skus, in one query."""
+        found = {widget.sku: widget for widget in await self.get_many(Widget.sku.in_(sorted(set(skus))))}
+        return {sku: found.get(sku) for sku in skus}
 
-    async def update_widget(self, sku: str, changes: dict[str, Any], expected_version: int | None) -> Widget:
-        widget = await self._current(sku, expected_version)
+    async def create_widget(self, current: Current, sku: str, values: dict[str, Any]) -> Widget:
+        if current.get(sku) is not None:
+            raise WidgetExists(f"A widget with sku {sku!r} already exists.")
+        now = datetime.now(UTC)
+        # Times are set here rather than by the column defaults at flush: the event carries them before the flush.
+        widget = Widget(**_trimmed(values), sku=sku, version=1, created_at=now, updated_at=now)
+        self.repository.session.add(widget)
+        current[sku] = widget
+        return widget
+
+    async def update_widget(
+        self, current: Current, sku: str, changes: dict[str, Any], expected_version: int | None
+    ) -> Widget:
+        widget = _checked(current, sku, expected_version)
         for field, value in _trimmed(changes).items():
             setattr(widget, field, value)
-        # Every applied update is a change with its own version, even one that sets the values already there.
+        # Every applied update is a change with its own version, even one that sets the values already there. The
+        # UPDATE still checks the version the row had (the optimistic lock), however many changes it carries.
+        widget.version += 1
         widget.updated_at = datetime.now(UTC)
-        return await self.update(widget)
-
-    async def delete_widget(self, sku: str, expected_version: int | None) -> Widget:
-        widget = await self._current(sku, expected_version)
-        return await self.delete(widget.id)
-
-    async def _current(self, sku: str, expected_version: int | None) -> Widget:
-        widget = await self.get_one_or_none(sku=sku)
-        if widget is None:
-            raise WidgetNotFound(f"No widget has sku {sku!r}.")
-        if expected_version is not None and widget.version != expected_version:
-            raise VersionConflict(f"Widget {sku!r} is at version {widget.version}, not {expected_version}.")
         return widget
+
+    async def delete_widget(self, current: Current, sku: str, expected_version: int | None) -> Widget:
+        widget = _checked(current, sku, expected_version)
+        session = self.repository.session
+        # Flushed at once: the unit of work inserts before it deletes, and a later create of this sku in the same
+        # batch must find the row gone.
+        await session.flush()
+        await session.delete(widget)
+        await session.flush()
+        current[sku] = None
+        return widget
+
+
+def _checked(current: Current, sku: str, expected_version: int | None) -> Widget:
+    widget = current.get(sku)
+    if widget is None:
+        raise WidgetNotFound(f"No widget has sku {sku!r}.")
+    if expected_version is not None and widget.version != expected_version:
+        raise VersionConflict(f"Widget {sku!r} is at version {widget.version}, not {expected_version}.")
+    return widget
 
 
 def _trimmed(values: dict[str, Any]) -> dict[str, Any]:
