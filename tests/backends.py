@@ -59,7 +59,7 @@ async def redis_prefix() -> AsyncIterator[str]:
     yield prefix
     client = aioredis.from_url(REDIS_URL)
     for pattern in (f"{prefix}:*", f"saq:{prefix}:*", f"saq:job:{prefix}:*"):
-        if keys := [key async for key in client.scan_iter(pattern)]:
+        if keys := [key async for key in client.scan_iter(pattern, count=1000)]:
             await client.delete(*keys)
     await client.aclose()
 

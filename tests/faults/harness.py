@@ -27,6 +27,7 @@ from tests.integration.test_processes import compose_command
 from tests.support import API_KEY, Process, Server, eventually
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
 from widgetry.settings import Settings
+from workers.jobs import APPLY_JOBS
 
 SUMMARIES: list[str] = []
 """Every summary line of the run, repeated at its end (`conftest.pytest_terminal_summary`): pytest hides what a
@@ -389,7 +390,7 @@ class FaultRun:
         finally:
             await client.aclose()
         jobs = [msgspec.json.decode(record) for record in records if record]
-        return sum(job.get("function") == "apply_command" and job.get("attempts", 0) > 1 for job in jobs)
+        return sum(job.get("function") in APPLY_JOBS and job.get("attempts", 0) > 1 for job in jobs)
 
     async def settle(self, timeout: float = 120) -> None:
         commands = len(self.submitter.commands)

@@ -36,7 +36,7 @@ async def stream(app: Litestar) -> list[dict[str, Any]]:
 async def queued_jobs(app: Litestar) -> int:
     """Command jobs ever enqueued (SAQ keeps each under `saq:job:<queue>:<key>`; cron jobs are keyed `cron:...`)."""
     redis = app.state.connections.redis
-    keys = [key async for key in redis.scan_iter(f"saq:job:{app.state.settings.queue_name}:*")]
+    keys = [key async for key in redis.scan_iter(f"saq:job:{app.state.settings.queue_name}:*", count=1000)]
     return len([key for key in keys if b":cron:" not in key])
 
 
