@@ -37,20 +37,22 @@ async def add(redis: FakeRedis, count: int, sku: str = "S", maxlen: int | None =
     return ids
 
 
-def parse(chunk: bytes) -> tuple[str | None, str | None]:
-    """(id, event) of one SSE message; (None, None) for the retry line and keepalive comments."""
-    fields = dict(line.split(": ", 1) for line in chunk.decode().splitlines() if ": " in line and line[0] != ":")
-    return fields.get("id"), fields.get("event")
+def parse(chunk: bytes) -> list[tuple[str | None, str | None]]:
+    """(id, event) of each SSE message in a chunk (the hub writes what it buffered at once); (None, None) for the
+    retry line and keepalive comments."""
+    messages = []
+    for message in chunk.decode().split("\r\n\r\n")[:-1]:
+        fields = dict(line.split(": ", 1) for line in message.splitlines() if ": " in line and line[0] != ":")
+        messages.append((fields.get("id"), fields.get("event")))
+    return messages
 
 
 async def take(stream: AsyncIterator[bytes], count: int) -> list[tuple[str | None, str | None]]:
     taken: list[tuple[str | None, str | None]] = []
     async with asyncio.timeout(5):
         async for chunk in stream:
-            message = parse(chunk)
-            if message != (None, None):
-                taken.append(message)
-            if len(taken) == count:
+            taken += [message for message in parse(chunk) if message != (None, None)]
+            if len(taken) >= count:
                 return taken
     return taken
 
@@ -84,7 +86,7 @@ async def test_a_subscriber_that_falls_behind_is_closed_and_resumes_by_id(hub: E
     written = await add(redis, 6)  # the buffer holds 3, and nothing is read from it meanwhile
 
     async with asyncio.timeout(5):  # the stream ends by itself once it has sent what it buffered
-        delivered = [message_id async for chunk in stream if (message_id := parse(chunk)[0])]
+        delivered = [message_id async for chunk in stream for message_id, _ in parse(chunk) if message_id]
     resumed = await take(hub.subscribe(Filter(), delivered[-1]), len(written) - len(delivered))
 
     assert delivered == written[:3]
