@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "connections": connections,
                 "hub": hub,
+                "queue": queue,
                 "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
                 "api_keys": ApiKeys(settings.effective_api_keys),

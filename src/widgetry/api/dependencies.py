@@ -7,10 +7,8 @@ from typing import Annotated
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.filters import LimitOffset, OrderBy, SearchFilter, StatementFilter
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.params import QueryParameter
-from litestar_saq.config import TaskQueues
-from saq.queue import Queue
 
 from widgetry.api.intake import provide_intake
 from widgetry.services.commands import CommandService
@@ -28,10 +26,6 @@ def provide_settings(state: State) -> Settings:
 
 def provide_hub(state: State) -> EventHub:
     return state.hub
-
-
-def provide_queue(task_queues: NamedDependency[TaskQueues], settings: NamedDependency[Settings]) -> Queue:
-    return task_queues.get(settings.queue_name)
 
 
 def provide_widget_filters(
@@ -58,7 +52,6 @@ def provide_widget_filters(
 DEPENDENCIES = {
     "settings": Provide(provide_settings, sync_to_thread=False),
     "hub": Provide(provide_hub, sync_to_thread=False),
-    "queue": Provide(provide_queue, sync_to_thread=False),
     "widgets": Provide(create_service_provider(WidgetService)),
     "commands": Provide(create_service_provider(CommandService)),
     "intake": Provide(provide_intake, sync_to_thread=False),

@@ -9,7 +9,6 @@ import re
 from typing import Annotated, Any
 
 from litestar import Request, Response
-from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 from saq.queue import Queue
 from uuid_utils.compat import uuid7
@@ -119,19 +118,17 @@ def replay_response(record: CommandRecord) -> Response[Any]:
 
 
 def provide_intake(
-    request: Request[Any, Any, Any],
-    queue: NamedDependency[Queue],
-    hub: NamedDependency[EventHub],
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyKeyHeader = None,
+    request: Request[Any, Any, Any], prefer: PreferHeader = None, idempotency_key: IdempotencyKeyHeader = None
 ) -> Intake:
+    # The process's parts are taken from the app's state rather than declared as dependencies: Litestar resolves
+    # sibling dependencies in a task group of their own, a cost paid on every write.
     wait = min(int(found[1]), MAX_WAIT_S) if prefer and (found := PREFER_WAIT.search(prefer)) else 0
+    state = request.app.state
     scoped_key = None
     if idempotency_key is not None:
-        client = request.app.state.api_keys.fingerprint(presented_key(request)) or ""
+        client = state.api_keys.fingerprint(presented_key(request)) or ""
         scoped_key = scope_idempotency_key(client, idempotency_key)
-    state = request.app.state
-    return Intake(state.intake, state.connections, queue, hub, wait, scoped_key)
+    return Intake(state.intake, state.connections, state.queue, state.hub, wait, scoped_key)
 
 
 def scope_idempotency_key(client: str, key: str) -> str:

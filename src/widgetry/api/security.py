@@ -39,7 +39,8 @@ def presented_key(connection: ASGIConnection) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def api_key_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+async def api_key_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    # Async although it does not await: Litestar runs a synchronous guard in a worker thread, on every request.
     if not connection.app.state.api_keys.accepts(presented_key(connection)):
         raise NotAuthorizedException(
             "A valid API key is required: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.",

@@ -26,8 +26,10 @@ APPLY_COMMAND = "apply_command"
 """The single-command job of earlier releases, still run for jobs they left queued."""
 MAX_BATCH = 200
 """Commands recorded in one transaction and queued as one job, at most."""
-FLUSHES = 2
-"""Batches a web process records at once: one can fill while the other commits."""
+FLUSHES = 1
+"""Batches a web process records at once. One: the requests arriving while it commits make the next batch, so
+batches grow with the load (measured: 5,000 creates from 64 connections went 950/s to 1,035/s end to end against
+two at once, with batches of ~60 instead of ~10), and a lone request is still recorded at once."""
 
 Accepted = asyncio.Future["CommandRecord"]
 """Where a waiting request is handed its recorded command (or the error that stopped it)."""
