@@ -6,6 +6,7 @@ adds the operator's `commands failed` and `commands retry`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -98,9 +99,20 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
             if concurrency is not None:
                 queue_config.concurrency = concurrency
         plugin.remove_workers()
+        _use_uvloop()
         ctx.invoke(saq_run, workers=processes)
 
     return run_workers
+
+
+def _use_uvloop() -> None:
+    """Workers run on uvloop when it is installed (it comes with uvicorn's standard extras, which serve the web
+    processes on it too): the worker's time goes to the event loop's socket calls as much as to the jobs."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @click.group(cls=LitestarGroup, name="commands", help="Inspect and retry failed commands.")
