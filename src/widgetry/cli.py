@@ -20,6 +20,7 @@ import msgspec
 from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
 
+from widgetry.bench.command import bench_command
 from widgetry.connections import is_unavailable
 from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.services.commands import CommandService, RetryRefused
@@ -51,6 +52,7 @@ class WidgetryCLIPlugin(CLIPlugin):
     def on_cli_init(self, cli: click.Group) -> None:
         cli.add_command(run_command)
         cli.add_command(commands_group)
+        cli.add_command(bench_command)
         workers = cli.commands.get("workers")
         if isinstance(workers, click.Group) and "run" in workers.commands:
             saq_run = workers.commands["run"]
