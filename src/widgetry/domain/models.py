@@ -104,6 +104,15 @@ class EventRecord(BigIntBase):
             postgresql_where=text("stream_id IS NULL"),
             sqlite_where=text("stream_id IS NULL"),
         ),
+        # What the publish after each job reads: its skus' entries only. Published rows leave the partial indexes
+        # only when vacuum gets to them, and a scan of all unpublished entries would read every one left behind.
+        Index(
+            "ix_events_unpublished_sku",
+            "sku",
+            "id",
+            postgresql_where=text("stream_id IS NULL"),
+            sqlite_where=text("stream_id IS NULL"),
+        ),
     )
 
     event_id: Mapped[UUID] = mapped_column(unique=True)
