@@ -11,6 +11,7 @@ from uuid import UUID
 from saq.job import Status
 
 from widgetry.domain.problems import CommandFailed
+from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
 from widgetry.services.events import EventService
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, dispatch
@@ -31,6 +32,8 @@ RECOVERY_BATCH = 1_000
 RELAY_BATCH = 100
 """Skus whose leftover events the relay publishes in one transaction."""
 APPLY_JOBS = (APPLY_COMMANDS, APPLY_COMMAND)
+APPLY_JOBS_PER_BATCH = 50
+"""Jobs applied in one transaction at most (each carries the commands intake recorded together)."""
 
 
 async def apply_commands(ctx: dict[str, Any], *, command_ids: list[str]) -> None:
@@ -42,9 +45,35 @@ async def apply_commands(ctx: dict[str, Any], *, command_ids: list[str]) -> None
     deadlock): SAQ runs the job again with backoff, and `end_failed_command` ends its commands once its attempts
     are spent.
     """
-    connections: Connections = ctx["connections"]
+    ids = [UUID(command_id) for command_id in command_ids]
+    if (applier := ctx.get("applier")) is not None:
+        await applier.apply(ids)
+    else:
+        await apply_and_publish(ctx["connections"], ids)
+
+
+class CommandApplier:
+    """A worker process's jobs, applied with a group commit: jobs that start while a batch is being applied join
+    the next one. When the worker falls behind, its concurrent jobs (up to its concurrency) go into one transaction
+    and one publish, so it catches up; a job alone is applied at once, alone."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._batches: GroupCommit[list[UUID], None] = GroupCommit(
+            self._apply, max_items=APPLY_JOBS_PER_BATCH, name="widgetry-apply"
+        )
+
+    async def apply(self, command_ids: list[UUID]) -> None:
+        await self._batches.submit(command_ids)
+
+    async def _apply(self, jobs: list[list[UUID]]) -> list[Exception | None]:
+        await apply_and_publish(self._connections, [command_id for command_ids in jobs for command_id in command_ids])
+        return [None] * len(jobs)
+
+
+async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
     async with connections.alchemy.get_session() as session:
-        skus = await CommandService(session=session).apply_many([UUID(command_id) for command_id in command_ids])
+        skus = await CommandService(session=session).apply_many(command_ids)
     await publish_pending(connections, skus)
 
 
@@ -159,6 +188,7 @@ async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
 def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["connections"] = connections
+        ctx["applier"] = CommandApplier(connections)
         try:
             await requeue_unfinished(connections, ctx["worker"].queue)
         except Exception:

@@ -31,6 +31,12 @@ RECONNECT_DELAY = 1.0
 RETRY_MS = 3_000
 PROGRESS = EventType.COMMAND_PROGRESS.value
 KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
+PAUSE_PER_SUBSCRIBER_S = 0.000_1
+"""After handing out a read, the reader pauses this long per subscriber before reading again (at most
+MAX_PAUSE_S), so the events published meanwhile go out together. Each wakeup costs a subscriber a write, some
+30 µs here; with 1,000 subscribers a read a tenth of a second apart keeps fan-out to about a third of a core
+however fast events come, for 100 ms of latency at most; with a handful of subscribers the pause is nil."""
+MAX_PAUSE_S = 0.1
 
 
 class Entry:
@@ -86,13 +92,14 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
 class Subscription:
     """A bounded live buffer. A subscriber too slow to keep up is closed, never silently skipped: it resumes by id."""
 
-    __slots__ = ("_wakeup", "buffer", "closed", "limit", "matches")
+    __slots__ = ("_wakeup", "buffer", "closed", "limit", "matches", "ping_due")
 
     def __init__(self, matches: Filter, limit: int) -> None:
         self.matches = matches
         self.limit = limit
         self.buffer: deque[Entry] = deque()
         self.closed = False
+        self.ping_due = False
         self._wakeup = asyncio.Event()
 
     def offer(self, entry: Entry) -> None:
@@ -104,15 +111,19 @@ class Subscription:
         self.buffer.append(entry)
         self._wakeup.set()
 
+    def ping(self) -> None:
+        self.ping_due = True
+        self._wakeup.set()
+
     def close(self) -> None:
         self.closed = True
         self._wakeup.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Returns when an entry arrives, the subscription closes, or `timeout` passes."""
-        # Waiting on an event and popping from a deque, rather than `wait_for(queue.get())`, cannot lose an entry
-        # when the timeout and a delivery coincide.
-        await wait_for_event(self._wakeup, timeout)
+    async def wait(self) -> None:
+        """Returns when an entry arrives, a keepalive is due, or the subscription closes."""
+        # An event and a deque, rather than a queue: one wakeup takes everything buffered since the last. No timer
+        # per wait: the hub's keepalive loop pings everyone, which costs far less than a timeout per wakeup.
+        await self._wakeup.wait()
         self._wakeup.clear()
 
 
@@ -126,6 +137,7 @@ class EventHub:
         self._finish_watchers: dict[str, set[asyncio.Event]] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = asyncio.Event()
 
@@ -140,6 +152,7 @@ class EventHub:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._read_forever(), name="widgetry-event-hub")
+        self._pinger = asyncio.create_task(self._ping_forever(), name="widgetry-event-hub-keepalive")
 
     async def stop(self) -> None:
         """Ends the reader between reads rather than cancelling one: a cancelled blocking XREAD can leave
@@ -147,6 +160,11 @@ class EventHub:
         cancel below is only for a Redis server that stopped answering."""
         self.close_subscribers()
         self._stopping = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+            self._pinger = None
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(READ_BLOCK_MS / 1000 + STOP_GRACE_S):
@@ -178,6 +196,15 @@ class EventHub:
                 continue
             for _stream, entries in response or ():
                 self._dispatch(entries)
+            if response and (pause := min(MAX_PAUSE_S, len(self._subscribers) * PAUSE_PER_SUBSCRIBER_S)) >= 0.001:
+                await asyncio.sleep(pause)
+
+    async def _ping_forever(self) -> None:
+        """Wakes every subscriber once per keepalive interval; one with nothing to send sends a keepalive comment."""
+        while True:
+            await asyncio.sleep(self._keepalive)
+            for subscription in list(self._subscribers):
+                subscription.ping()
 
     def _dispatch(self, raw_entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         # No await in here: a subscriber registering between two reads sees either all of a batch live, or none.
@@ -262,9 +289,11 @@ class EventHub:
                     yield b"".join(messages)
                 if subscription.closed:
                     return
-                await subscription.wait(self._keepalive)
-                if not subscription.buffer and not subscription.closed:
-                    yield KEEPALIVE
+                await subscription.wait()
+                if subscription.ping_due:
+                    subscription.ping_due = False
+                    if not subscription.buffer and not subscription.closed:
+                        yield KEEPALIVE
         finally:
             # Synchronous on purpose: a client disconnect cancels this generator, and an await here would be too.
             self._subscribers.discard(subscription)
