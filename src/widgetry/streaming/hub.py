@@ -32,10 +32,11 @@ RETRY_MS = 3_000
 PROGRESS = EventType.COMMAND_PROGRESS.value
 KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
 PAUSE_PER_SUBSCRIBER_S = 0.000_1
-"""After handing out a read, the reader pauses this long per subscriber before reading again (at most
-MAX_PAUSE_S), so the events published meanwhile go out together. Each wakeup costs a subscriber a write, some
-30 µs here; with 1,000 subscribers a read a tenth of a second apart keeps fan-out to about a third of a core
-however fast events come, for 100 ms of latency at most; with a handful of subscribers the pause is nil."""
+"""After handing out a read, the reader pauses this long per subscriber it gave something to (at most MAX_PAUSE_S)
+before reading again, so the events published meanwhile go out together; subscribers whose filters matched nothing
+cost no pause. Each wakeup costs a subscriber a write, some 30 µs here: with 1,000 subscribers, reads a tenth of a
+second apart keep fan-out to about a third of a core however fast events come, for 100 ms of latency at most; with
+a handful of subscribers the pause is nil."""
 MAX_PAUSE_S = 0.1
 
 
@@ -102,14 +103,16 @@ class Subscription:
         self.ping_due = False
         self._wakeup = asyncio.Event()
 
-    def offer(self, entry: Entry) -> None:
+    def offer(self, entry: Entry) -> bool:
+        """Buffers the entry if it matches; says whether it did (the subscriber then has a write to make)."""
         if self.closed or not self.matches(entry):
-            return
+            return False
         if len(self.buffer) >= self.limit:
             self.close()
-            return
+            return False
         self.buffer.append(entry)
         self._wakeup.set()
+        return True
 
     def ping(self) -> None:
         self.ping_due = True
@@ -194,9 +197,8 @@ class EventHub:
                 logger.exception("event stream read failed; retrying in %ss", RECONNECT_DELAY)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
-            for _stream, entries in response or ():
-                self._dispatch(entries)
-            if response and (pause := min(MAX_PAUSE_S, len(self._subscribers) * PAUSE_PER_SUBSCRIBER_S)) >= 0.001:
+            woken = sum(self._dispatch(entries) for _stream, entries in response or ())
+            if (pause := min(MAX_PAUSE_S, woken * PAUSE_PER_SUBSCRIBER_S)) >= 0.001:
                 await asyncio.sleep(pause)
 
     async def _ping_forever(self) -> None:
@@ -206,18 +208,20 @@ class EventHub:
             for subscription in list(self._subscribers):
                 subscription.ping()
 
-    def _dispatch(self, raw_entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _dispatch(self, raw_entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """Hands the entries to the matching subscribers; returns how many subscribers have something to write."""
         # No await in here: a subscriber registering between two reads sees either all of a batch live, or none.
+        woken: set[Subscription] = set()
         for raw_id, fields in raw_entries:
             stream_id = parse_stream_id(raw_id) or ORIGIN
             self._position = stream_id
             if (entry := Entry.parse(stream_id, fields)) is None:
                 continue
-            for subscription in self._subscribers:
-                subscription.offer(entry)
+            woken.update(subscription for subscription in self._subscribers if subscription.offer(entry))
             if entry.type != PROGRESS:
                 for finished in self._finish_watchers.get(entry.command_id, ()):
                     finished.set()
+        return len(woken)
 
     @contextlib.asynccontextmanager
     async def watch_command(self, command_id: str) -> AsyncIterator[asyncio.Event]:
