@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
@@ -189,6 +190,8 @@ def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitab
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["connections"] = connections
         ctx["applier"] = CommandApplier(connections)
+        gc.collect()
+        gc.freeze()  # as the web process does (app.freeze_startup_objects): what starting made lives on
         try:
             await requeue_unfinished(connections, ctx["worker"].queue)
         except Exception:
