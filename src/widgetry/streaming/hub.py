@@ -137,6 +137,11 @@ class EventHub:
         self._buffer_size = buffer_size
         self._keepalive = keepalive
         self._subscribers: set[Subscription] = set()
+        # Who may want an entry, found without asking every subscriber: those filtering on skus are filed under
+        # each of theirs, the rest are asked every time. Thousands of subscribers watching one widget each then
+        # cost an event nothing but a dictionary lookup.
+        self._any_sku: set[Subscription] = set()
+        self._by_sku: dict[str, set[Subscription]] = {}
         self._finish_watchers: dict[str, set[asyncio.Event]] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
@@ -217,7 +222,12 @@ class EventHub:
             self._position = stream_id
             if (entry := Entry.parse(stream_id, fields)) is None:
                 continue
-            woken.update(subscription for subscription in self._subscribers if subscription.offer(entry))
+            for subscription in self._any_sku:
+                if subscription.offer(entry):
+                    woken.add(subscription)
+            for subscription in self._by_sku.get(entry.sku or "", ()):
+                if subscription.offer(entry):
+                    woken.add(subscription)
             if entry.type != PROGRESS:
                 for finished in self._finish_watchers.get(entry.command_id, ()):
                     finished.set()
@@ -266,7 +276,7 @@ class EventHub:
         """SSE messages: the replay after `cursor` (if any), then live entries, with keepalive comments."""
         await self._ready.wait()
         subscription = Subscription(matches, self._buffer_size)
-        self._subscribers.add(subscription)
+        self._register(subscription)
         position = self._position or ORIGIN
         try:
             yield f"retry: {RETRY_MS}\r\n\r\n".encode()
@@ -300,7 +310,26 @@ class EventHub:
                         yield KEEPALIVE
         finally:
             # Synchronous on purpose: a client disconnect cancels this generator, and an await here would be too.
-            self._subscribers.discard(subscription)
+            self._unregister(subscription)
+
+    def _register(self, subscription: Subscription) -> None:
+        self._subscribers.add(subscription)
+        if (skus := subscription.matches.skus) is None:
+            self._any_sku.add(subscription)
+        else:
+            for sku in skus:
+                self._by_sku.setdefault(sku, set()).add(subscription)
+
+    def _unregister(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+        if (skus := subscription.matches.skus) is None:
+            self._any_sku.discard(subscription)
+            return
+        for sku in skus:
+            if (watchers := self._by_sku.get(sku)) is not None:
+                watchers.discard(subscription)
+                if not watchers:
+                    del self._by_sku[sku]
 
     async def _replay(self, after: StreamId, until: StreamId) -> AsyncIterator[Entry]:
         start = "(" + format_stream_id(after)
