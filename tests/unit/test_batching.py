@@ -14,11 +14,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.release.set()
 
     async def flush(self, items: list[int]) -> list[int | Exception]:
         self.batches.append(items)
+        self.started.set()
         await self.release.wait()
         return [ValueError(f"odd {item}") if item % 2 else item * 10 for item in items]
 
@@ -28,9 +30,9 @@ async def test_items_submitted_while_a_batch_is_done_make_the_next_batch() -> No
     batches = GroupCommit(recorder.flush, max_items=100, name="test")
     recorder.release.clear()
     first = asyncio.create_task(batches.submit(0))
-    await asyncio.sleep(0)  # the first batch starts, with the one item there is
+    await recorder.started.wait()  # the first batch is being done, with the one item there was
     rest = [asyncio.create_task(batches.submit(item)) for item in (2, 4, 6)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the three tasks hand in their items
     recorder.release.set()
 
     assert await first == 0
@@ -58,9 +60,9 @@ async def test_batches_are_capped_and_a_submitter_that_goes_away_does_not_stop_i
     batches = GroupCommit(recorder.flush, max_items=2, name="test")
     recorder.release.clear()
     first = asyncio.create_task(batches.submit(0))
-    await asyncio.sleep(0)
+    await recorder.started.wait()
     waiting = [asyncio.create_task(batches.submit(item)) for item in (2, 4, 6)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the three tasks hand in their items
     waiting[0].cancel()  # its client hung up
     recorder.release.set()
 
