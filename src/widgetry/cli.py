@@ -17,13 +17,16 @@ from uuid import UUID
 import anyio
 import click
 import msgspec
+from advanced_alchemy.filters import OrderBy
 from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
 
 from widgetry.bench.command import bench_command
 from widgetry.connections import is_unavailable
+from widgetry.domain.models import EventRecord
 from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.services.commands import CommandService, RetryRefused
+from widgetry.services.events import EventService
 from widgetry.services.intake import dispatch
 
 if TYPE_CHECKING:
@@ -117,7 +120,7 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-@click.group(cls=LitestarGroup, name="commands", help="Inspect and retry failed commands.")
+@click.group(cls=LitestarGroup, name="commands", help="Show commands, and list and retry failed ones.")
 def commands_group() -> None:
     """The operator's view of the command records (the database, not the queue, is their source of truth)."""
 
@@ -161,6 +164,77 @@ def failed_command(app: Litestar, limit: int, as_json: bool) -> None:
         click.echo(_table(commands))
     else:
         click.echo("No failed commands.")
+
+
+class ShownEvent(msgspec.Struct, frozen=True):
+    type: str
+    version: int | None
+    occurred_at: datetime
+    stream_id: str | None
+    """Its id on the stream (an SSE `id:`), or `null` while it waits to be published."""
+
+
+class ShownCommand(msgspec.Struct, frozen=True):
+    """One command as `commands show` prints it: what it asked, where it stands, and the events it made."""
+
+    id: UUID
+    type: str
+    sku: str | None
+    seq: int
+    status: str
+    accepted_at: datetime
+    finished_at: datetime | None
+    recoveries: int
+    payload: dict[str, Any]
+    error: dict[str, Any] | None
+    events: list[ShownEvent]
+
+
+@commands_group.command(name="show", help="Show one command: what it asked, its outcome, and the events it made.")
+@click.argument("command_id", metavar="ID", type=click.UUID)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a listing.")
+def show_command(app: Litestar, command_id: UUID, as_json: bool) -> None:
+    async def show(connections: Connections) -> ShownCommand | None:
+        async with connections.alchemy.get_session() as session:
+            record = await CommandService(session=session).get_one_or_none(id=command_id)
+            if record is None:
+                return None
+            events = await EventService(session=session).get_many(
+                EventRecord.command_id == command_id, OrderBy("id", "asc")
+            )
+        shown = [ShownEvent(event.type, event.version, event.occurred_at, event.stream_id) for event in events]
+        return ShownCommand(
+            id=record.id,
+            type=record.type,
+            sku=record.sku,
+            seq=record.seq,
+            status=record.status,
+            accepted_at=record.accepted_at,
+            finished_at=record.finished_at,
+            recoveries=record.recoveries,
+            payload=record.payload,
+            error=record.error,
+            events=shown,
+        )
+
+    command = _run(app, show)
+    if command is None:
+        raise click.ClickException(f"There is no command {command_id}.")
+    if as_json:
+        click.echo(msgspec.json.encode(command).decode())
+        return
+    fields = msgspec.to_builtins(command)
+    events = fields.pop("events")
+    width = max(map(len, fields))
+    lines = [f"{name.ljust(width)}  {_shown(value)}" for name, value in fields.items()]
+    lines += [f"{'events'.ljust(width)}  {_shown(event)}" for event in events] or [f"{'events'.ljust(width)}  -"]
+    click.echo("\n".join(lines))
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
 
 
 @commands_group.command(

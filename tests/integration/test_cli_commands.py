@@ -19,7 +19,7 @@ from litestar import Litestar
 from litestar_saq import SAQPlugin
 from sqlalchemy import select, update
 
-from tests.support import API_KEY, AUTH, free_port, serve
+from tests.support import API_KEY, AUTH, WAIT, free_port, serve
 from tests.unit.state import queued_jobs, stream, widget_row
 from tests.unit.test_commands import SPROCKET, create, finished, redis_down
 from widgetry.app import create_app
@@ -251,3 +251,38 @@ async def test_on_the_embedded_defaults_the_servers_recovery_pass_queues_a_retri
     assert recorded["status"] == "accepted"
     assert command["status"] == "succeeded"
     assert row is not None
+
+
+async def test_commands_show_prints_a_command_its_outcome_and_its_events(
+    app: Litestar, real_settings: Settings, tmp_path: Path
+) -> None:
+    env = cli_env(real_settings)
+    async with serve(app) as client:
+        created = await create(client)
+        patched = (await client.patch("/widgets/SPR-1", json={"price_cents": 5}, headers=AUTH | WAIT)).json()
+        shown = await widgetry("commands", "show", patched["id"], "--json", env=env, cwd=tmp_path)
+        listing = await widgetry("commands", "show", created["id"], env=env, cwd=tmp_path)
+        unknown = await widgetry("commands", "show", str(uuid4()), env=env, cwd=tmp_path)
+        published = [entry for entry in await stream(app) if entry["command_id"] == patched["id"]]
+
+    assert shown.returncode == 0, shown.stderr
+    command = msgspec.json.decode(shown.stdout)
+    assert {name: command[name] for name in ("id", "type", "sku", "seq", "status", "error", "recoveries")} == {
+        "id": patched["id"],
+        "type": "update_widget",
+        "sku": "SPR-1",
+        "seq": 2,
+        "status": "succeeded",
+        "error": None,
+        "recoveries": 0,
+    }
+    assert command["payload"]["changes"] == {"price_cents": 5}
+    assert [(event["type"], event["version"]) for event in command["events"]] == [("widget.updated", 2)]
+    assert command["events"][0]["stream_id"] is not None
+    assert len(published) == 1
+    assert listing.returncode == 0, listing.stderr
+    lines = dict(line.split(maxsplit=1) for line in listing.stdout.splitlines())
+    assert (lines["id"], lines["status"], lines["seq"]) == (created["id"], "succeeded", "1")
+    assert lines["events"].startswith('{"type":"widget.created","version":1,')
+    assert unknown.returncode != 0
+    assert "There is no command" in unknown.stderr
