@@ -14,7 +14,6 @@ from saq.queue import Queue
 from uuid_utils.compat import uuid7
 
 from widgetry.api.schemas import CommandResource, command_url
-from widgetry.api.security import presented_key
 from widgetry.connections import Connections
 from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.models import CommandRecord
@@ -126,7 +125,8 @@ def provide_intake(
     state = request.app.state
     scoped_key = None
     if idempotency_key is not None:
-        client = state.api_keys.fingerprint(presented_key(request)) or ""
+        # Set by the write guard: the fingerprint of the API key, or of the key the dashboard's session signed in with.
+        client = request.state.get("client", "")
         scoped_key = scope_idempotency_key(client, idempotency_key)
     return Intake(state.intake, state.connections, state.queue, state.hub, wait, scoped_key)
 

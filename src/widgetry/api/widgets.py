@@ -15,14 +15,14 @@ from widgetry.api.dependencies import provide_widget_filters
 from widgetry.api.intake import Intake
 from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch, WidgetRead
-from widgetry.api.security import api_key_guard
+from widgetry.api.security import writer_guard
 from widgetry.domain.commands import CreateWidget, DeleteWidget, UpdateWidget
 from widgetry.domain.models import SKU_PATTERN, Widget
 from widgetry.domain.problems import WidgetNotFound
 from widgetry.services.widgets import WidgetService
 
 SkuPath = Annotated[str, PathParameter(pattern=SKU_PATTERN, description="The widget's sku.")]
-WRITE_GUARDS = [api_key_guard]
+WRITE_GUARDS = [writer_guard]
 IfMatch = Annotated[
     str | None,
     HeaderParameter(name="If-Match", description='Apply only if the widget is still at this version: `"<version>"`.'),
