@@ -15,13 +15,15 @@ from widgetry.domain.problems import CommandFailed
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
 from widgetry.services.events import EventService
-from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, dispatch
+from widgetry.services.imports import IMPORT_TYPE, ImportService
+from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, dispatch, dispatch_import
 
 if TYPE_CHECKING:
     from saq.job import Job
     from saq.queue import Queue
 
     from widgetry.connections import Connections
+    from widgetry.domain.models import CommandRecord
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ RECOVERY_BATCH = 1_000
 RELAY_BATCH = 100
 """Skus whose leftover events the relay publishes in one transaction."""
 APPLY_JOBS = (APPLY_COMMANDS, APPLY_COMMAND)
+IMPORT_BATCH = 500
+"""An import's rows applied in one transaction; a `command.progress` event follows each batch (API.md: at least
+every 500 widgets)."""
 APPLY_JOBS_PER_BATCH = 50
 """Jobs applied in one transaction at most (each carries the commands intake recorded together)."""
 
@@ -83,6 +88,36 @@ async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
     await apply_commands(ctx, command_ids=[command_id])
 
 
+async def import_widgets(ctx: dict[str, Any], *, command_id: str) -> None:
+    """Runs an import: applies its unfinished rows in batches (each row behind its sku's fence, as any command),
+    reports progress after each batch, then ends the import with its result. Safe to run again: a re-run goes on
+    with the rows still unfinished."""
+    connections: Connections = ctx["connections"]
+    import_id = UUID(command_id)
+    async with connections.alchemy.get_session() as session:
+        if not await ImportService(session=session).start(import_id):
+            return
+    after = ""
+    while True:
+        async with connections.alchemy.get_session() as session:
+            rows = await ImportService(session=session).pending_rows(import_id, after, IMPORT_BATCH)
+        if not rows:
+            break
+        await apply_and_publish(connections, [row_id for row_id, _ in rows])
+        after = rows[-1][1]
+        async with connections.alchemy.get_session() as session:
+            await ImportService(session=session).record_progress(import_id)
+        await publish_command_events(connections, import_id)
+        if (job := ctx.get("job")) is not None:
+            await job.update()  # the heartbeat: this import is alive and moving
+    async with connections.alchemy.get_session() as session:
+        finished = await ImportService(session=session).finish(import_id)
+    await publish_command_events(connections, import_id)
+    if not finished:
+        # A row was left behind (a retry of it moved its seq on meanwhile, say): the next attempt takes it.
+        raise RuntimeError(f"import {import_id} has rows still unfinished")
+
+
 def _job_command_ids(job: Job) -> list[str]:
     if job.function == APPLY_COMMANDS:
         return list(job.kwargs["command_ids"])
@@ -94,13 +129,19 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
     of its commands still unfinished ends `failed` with an `internal` problem and one `command.failed` event,
     rather than staying accepted."""
     job = ctx.get("job")
-    if job is None or job.function not in APPLY_JOBS or job.status not in (Status.FAILED, Status.ABORTED):
+    if job is None or job.function not in (*APPLY_JOBS, IMPORT_WIDGETS):
+        return
+    if job.status not in (Status.FAILED, Status.ABORTED):
         return
     if job.status is Status.ABORTED and job.retryable:
         # Aborted by SAQ's sweep (it ran past its timeout): the sweep queues it again itself.
         return
     connections: Connections = ctx["connections"]
     failure = CommandFailed(f"The command could not be applied after {job.attempts} attempts.")
+    if job.function == IMPORT_WIDGETS:
+        logger.error("import %s failed after %s attempts: %s", job.kwargs["command_id"], job.attempts, job.error)
+        await fail_import(connections, UUID(job.kwargs["command_id"]), failure)
+        return
     ended: list[str] = []
     for command_id in _job_command_ids(job):
         # Should the database still be down, this raises and the commands stay accepted: the recovery pass queues
@@ -111,6 +152,17 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
             logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
             ended.append(sku)
     await publish_pending(connections, ended)
+
+
+async def fail_import(connections: Connections, import_id: UUID, failure: CommandFailed) -> None:
+    async with connections.alchemy.get_session() as session:
+        await ImportService(session=session).fail(import_id, failure)
+    await publish_command_events(connections, import_id)
+
+
+async def publish_command_events(connections: Connections, command_id: UUID) -> None:
+    async with connections.alchemy.get_session() as session:
+        await EventService(session=session).publish_command_events(command_id, connections.publisher.publish)
 
 
 async def publish_pending(connections: Connections, skus: Collection[str]) -> None:
@@ -124,13 +176,16 @@ async def relay_unpublished(ctx: dict[str, Any]) -> int:
     """Publishes events committed a while ago and still not on the stream (Redis was down when their job ended).
     A cron job; the publisher puts an event on the stream at most once, so racing a worker's publish is safe."""
     connections: Connections = ctx["connections"]
+    committed_before = datetime.now(UTC) - _grace(connections)
     async with connections.alchemy.get_session() as session:
-        skus = await EventService(session=session).skus_with_unpublished(
-            datetime.now(UTC) - _grace(connections), limit=RECOVERY_BATCH
-        )
+        events = EventService(session=session)
+        skus = await events.skus_with_unpublished(committed_before, limit=RECOVERY_BATCH)
+        commands = await events.commands_with_unpublished(committed_before, limit=RECOVERY_BATCH)
     for first in range(0, len(skus), RELAY_BATCH):
         await publish_pending(connections, skus[first : first + RELAY_BATCH])
-    return len(skus)
+    for command_id in commands:
+        await publish_command_events(connections, command_id)
+    return len(skus) + len(commands)
 
 
 async def recover_unfinished(ctx: dict[str, Any]) -> int:
@@ -158,7 +213,10 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
     requeued: list[UUID] = []
     for record in unfinished:
         if record.recoveries >= MAX_RECOVERIES:
-            await give_up(connections, record.id, record.recoveries)
+            await give_up(connections, record)
+        elif record.type == IMPORT_TYPE:
+            if await dispatch_import(queue, connections.settings, record.id):
+                requeued.append(record.id)
         elif await dispatch(queue, connections.settings, [record.id]):
             requeued.append(record.id)
     if requeued:
@@ -168,9 +226,13 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
     return len(requeued)
 
 
-async def give_up(connections: Connections, command_id: UUID, recoveries: int) -> None:
+async def give_up(connections: Connections, record: CommandRecord) -> None:
+    command_id, recoveries = record.id, record.recoveries
     logger.error("command %s queued again %d times and never finished: it ends failed", command_id, recoveries)
     failure = CommandFailed(f"The command was queued again {recoveries} times and never finished.")
+    if record.type == IMPORT_TYPE:
+        await fail_import(connections, command_id, failure)
+        return
     async with connections.alchemy.get_session() as session:
         sku = await CommandService(session=session).mark_failed(command_id, failure)
     await publish_pending(connections, [sku] if sku else [])

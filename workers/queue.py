@@ -13,13 +13,14 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from saq.queue.redis import RedisQueue
 
 from widgetry.connections import is_unavailable
-from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS
+from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
 from workers.jobs import (
     apply_command,
     apply_commands,
     end_failed_command,
+    import_widgets,
     purge_expired,
     recover_unfinished,
     relay_unpublished,
@@ -167,7 +168,11 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
                     # Named after the host, so a container's health check can find its own workers' heartbeats.
                     id=f"{socket.gethostname()}-{os.getpid()}",
                     broker_instance=connections.redis,
-                    tasks=[(APPLY_COMMANDS, apply_commands), (APPLY_COMMAND, apply_command)],
+                    tasks=[
+                        (APPLY_COMMANDS, apply_commands),
+                        (APPLY_COMMAND, apply_command),
+                        (IMPORT_WIDGETS, import_widgets),
+                    ],
                     scheduled_tasks=[
                         CronJob(
                             function=recover_unfinished, cron=every(settings.recovery_interval_seconds), timeout=60

@@ -30,7 +30,14 @@ from widgetry.api.limits import (
 from widgetry.api.ops import health, ready
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.security import ApiKeys, api_key_guard
-from widgetry.api.widgets import create_widget, delete_widget, get_widget, list_widgets, update_widget
+from widgetry.api.widgets import (
+    create_widget,
+    delete_widget,
+    get_widget,
+    import_widgets,
+    list_widgets,
+    update_widget,
+)
 from widgetry.cli import WidgetryCLIPlugin
 from widgetry.connections import Connections, build_alchemy
 from widgetry.services.intake import CommandIntake
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     create_widget,
                     update_widget,
                     delete_widget,
+                    import_widgets,
                 ],
             ),
             Router("/", route_handlers=[health, ready], opt={RATE_LIMIT_EXEMPT: True}),

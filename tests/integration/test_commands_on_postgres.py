@@ -24,6 +24,16 @@ from tests.unit.test_idempotency import (  # noqa: F401
     test_the_same_key_and_body_returns_the_original_command,
     test_the_same_key_with_another_body_is_422_and_changes_nothing,
 )
+from tests.unit.test_imports import (  # noqa: F401
+    test_a_csv_import_reports_bad_rows_and_applies_the_good_ones,
+    test_a_json_import_creates_every_widget_and_reports_progress_then_completion,
+    test_an_import_takes_its_place_after_commands_accepted_before_it,
+    test_an_import_that_cannot_finish_fails_with_its_rows_left_unapplied,
+    test_an_import_updates_what_exists_and_leaves_unchanged_rows_alone,
+    test_an_import_whose_enqueue_failed_is_run_by_the_recovery_pass,
+    test_the_relay_publishes_an_imports_own_events_left_unpublished,
+    test_the_same_import_with_the_same_idempotency_key_is_recorded_once,
+)
 from tests.unit.test_reads import (  # noqa: F401
     test_health_ready_and_schema_are_public,
     test_search_matches_sku_or_name_ignoring_case,

@@ -13,15 +13,19 @@ from litestar.params import HeaderParameter
 from saq.queue import Queue
 from uuid_utils.compat import uuid7
 
+from widgetry.api.imports import ParsedImport
 from widgetry.api.schemas import CommandResource, command_url
 from widgetry.connections import Connections
 from widgetry.domain.commands import Command, CommandStatus
+from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord
 from widgetry.services.commands import UNFINISHED, CommandService, Submission
-from widgetry.services.intake import CommandIntake, enqueue
+from widgetry.services.imports import ImportService
+from widgetry.services.intake import CommandIntake, enqueue, enqueue_import
 from widgetry.streaming.hub import EventHub
 
 MAX_WAIT_S = 30
+IMPORT_OUTCOMES = frozenset({EventType.COMMAND_COMPLETED.value, EventType.COMMAND_FAILED.value})
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})\b", re.IGNORECASE)
 
 PreferHeader = Annotated[
@@ -85,11 +89,28 @@ class Intake:
                 if not created:
                     return replay_response(record)
                 await enqueue(self._queue, self._connections.settings, [record.id])
-            if not self._wait:
-                return command_response(record)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._wait):
-                    await finished.wait()
+            return await self._answer(record, finished)
+
+    async def submit_import(self, parsed: ParsedImport) -> Response[Any]:
+        """Records an import with its rows (one transaction) and queues its job; answers as `submit` does."""
+        import_id = uuid7()
+        async with self._hub.watch_command(str(import_id), IMPORT_OUTCOMES) as finished:
+            async with self._connections.alchemy.get_session() as session:
+                record, created = await ImportService(session=session).accept_import(
+                    parsed.rows, parsed.rejected, self._idempotency_key, command_id=import_id
+                )
+            if not created:
+                return replay_response(record)
+            await enqueue_import(self._queue, self._connections.settings, record.id)
+            return await self._answer(record, finished)
+
+    async def _answer(self, record: CommandRecord, finished: asyncio.Event) -> Response[Any]:
+        """`202` with the command at once; with `Prefer: wait`, its outcome if it comes in time."""
+        if not self._wait:
+            return command_response(record)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._wait):
+                await finished.wait()
         async with self._connections.alchemy.get_session() as session:
             return command_response(await CommandService(session=session).get(record.id))
 

@@ -129,6 +129,9 @@ class CommandResource(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime | None
     progress: dict[str, int] | None
     error: dict[str, Any] | None
+    result: dict[str, Any] | None = None
+    """An import's outcome once finished: `total`, `created`, `updated`, `unchanged`, `failed`, and `errors` (each
+    row not applied: `{"row", "sku", "reason"}`). Absent on other commands."""
     links: CommandLinks
 
     @classmethod
@@ -142,6 +145,7 @@ class CommandResource(msgspec.Struct, frozen=True, kw_only=True):
             finished_at=record.finished_at,
             progress=record.progress,
             error=record.error,
+            result=record.result,
             links=CommandLinks(self=command_url(record.id), widget=f"/widgets/{record.sku}" if record.sku else None),
         )
 

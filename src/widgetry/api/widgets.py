@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.service import OffsetPagination
-from litestar import Response, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.dto import DTOData
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from widgetry.api.dependencies import provide_widget_filters
+from widgetry.api.imports import MAX_IMPORT_BYTES, parse_import
 from widgetry.api.intake import Intake
 from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch, WidgetRead
@@ -75,6 +76,15 @@ async def delete_widget(
 ) -> Response[CommandResource]:
     """Accepts a command to delete a widget."""
     return await intake.submit(sku, DeleteWidget(expected_version=_expected_version(if_match)))
+
+
+@post("/widgets/imports", status_code=202, guards=WRITE_GUARDS, request_max_body_size=MAX_IMPORT_BYTES)
+async def import_widgets(request: Request[Any, Any, Any], intake: NamedDependency[Intake]) -> Response[CommandResource]:
+    """Accepts an import of up to 10,000 widgets, as JSON (`{"widgets": [...]}`) or CSV (`text/csv`, header
+    `sku,name,price_cents,internal_notes`): created or updated, in batches, with `command.progress` events. Each row is
+    checked alone: the rows that break a rule are reported in the command's `result`, and the rest are applied."""
+    media_type, _ = request.content_type
+    return await intake.submit_import(parse_import(media_type, await request.body()))
 
 
 def _expected_version(if_match: str | None) -> int | None:

@@ -28,7 +28,23 @@ class DeleteWidget(msgspec.Struct, tag="delete_widget", frozen=True):
     expected_version: int | None = None
 
 
-Command = CreateWidget | UpdateWidget | DeleteWidget
+class UpsertWidget(msgspec.Struct, tag="upsert_widget", frozen=True):
+    """One row of an import: creates the widget, or sets these values on the one there. `row` is its place in the
+    import (1-based), to name it in the import's result."""
+
+    values: dict[str, Any]
+    row: int
+
+
+class ImportWidgets(msgspec.Struct, tag="import_widgets", frozen=True):
+    """An import as a client sees it: its rows are commands of their own (`UpsertWidget`), recorded with it.
+    `rejected` holds the rows refused at intake, each `{"row", "sku", "reason"}`."""
+
+    total: int
+    rejected: list[dict[str, Any]] = []
+
+
+Command = CreateWidget | UpdateWidget | DeleteWidget | UpsertWidget | ImportWidgets
 
 
 def command_type(command: Command) -> str:

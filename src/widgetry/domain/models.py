@@ -85,6 +85,11 @@ class CommandRecord(UUIDv7Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
     """A digest of the command (type, sku, payload): a reused idempotency key must come with the same one."""
+    parent_id: Mapped[UUID | None] = mapped_column(default=None, index=True)
+    """Set on an import's rows: each row is a command of its own (its sku's next seq, its own fence), applied in
+    batches by the import's job; the import is the command a client sees."""
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonB, default=None)
+    """An import's outcome: widgets applied, and each row that was not with its reason."""
     recoveries: Mapped[int] = mapped_column(default=0, server_default="0")
     """How often the recovery pass has queued it again: past a cap, a command that never finishes (one that kills
     its worker each time, say) ends `failed` instead of going round for ever."""

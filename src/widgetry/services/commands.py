@@ -27,6 +27,7 @@ from widgetry.domain.commands import (
     CreateWidget,
     DeleteWidget,
     UpdateWidget,
+    UpsertWidget,
     command_type,
     dump_command,
     load_command,
@@ -79,7 +80,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         concurrent twins race to the key's unique index, and the losers get the winner's command.
         """
         payload = dump_command(command)
-        fingerprint = _fingerprint(command_type(command), sku, payload) if idempotency_key else None
+        fingerprint = command_fingerprint(command_type(command), sku, payload) if idempotency_key else None
         if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
             return original, False
         try:
@@ -196,29 +197,32 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             sku = record.sku or ""
             if applied[sku] < record.seq <= behind[sku]:
                 apply = self._apply_carefully if careful else self._apply_one
-                self.session.add(await apply(widgets, current, record))
+                if (event := await apply(widgets, current, record)) is not None:
+                    self.session.add(event)
         await self.session.execute(
             update(WidgetHead), [{"sku": sku, "applied_seq": seq} for sku, seq in sorted(behind.items())]
         )
         await self.session.commit()
 
-    async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord:
+    async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord | None:
         """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)
         is found before anything changes and fails it; anything else fails the whole batch, which is then applied
         carefully."""
         try:
-            event_type, version, data = await _execute(widgets, current, record.sku or "", load_command(record.payload))
+            change = await _execute(widgets, current, record.sku or "", load_command(record.payload))
         except CommandFailed as failure:
             return _fail(record, failure)
-        return _succeed(record, event_type, version, data)
+        return _succeed(record, change)
 
-    async def _apply_carefully(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord:
+    async def _apply_carefully(
+        self, widgets: WidgetService, current: Current, record: CommandRecord
+    ) -> EventRecord | None:
         """Applies one command inside a savepoint: a command that fails leaves nothing of itself behind (no half
         update, no version bump without its event), and the commands after it still apply."""
         sku = record.sku or ""
         try:
             async with self.session.begin_nested():
-                event_type, version, data = await _execute(widgets, current, sku, load_command(record.payload))
+                change = await _execute(widgets, current, sku, load_command(record.payload))
                 await self.session.flush()
         except CommandFailed as failure:
             return _fail(record, failure)
@@ -231,7 +235,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             logger.exception("command %s cannot be applied", record.id)
             current.update(await widgets.current([sku]))
             return _fail(record, CommandFailed(f"The command could not be applied ({type(error).__name__})."))
-        return _succeed(record, event_type, version, data)
+        return _succeed(record, change)
 
     async def _next_seq(self, sku: str) -> int:
         return (await self._next_seqs({sku: 1}))[sku][0]
@@ -264,7 +268,8 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         if record.status not in UNFINISHED:
             await self.session.rollback()
             return None
-        self.session.add(_fail(record, failure))
+        if (event := _fail(record, failure)) is not None:
+            self.session.add(event)
         await self.session.commit()
         return sku
 
@@ -330,8 +335,13 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
     async def unfinished(
         self, accepted_before: datetime | None = None, limit: int | None = None
     ) -> Sequence[CommandRecord]:
-        """Commands accepted (before the given time) and not yet finished, oldest first."""
-        filters: list[Any] = [CommandRecord.status.in_(UNFINISHED), OrderBy("accepted_at", "asc")]
+        """Commands accepted (before the given time) and not yet finished, oldest first; an import's rows are left to
+        their import, whose job applies them."""
+        filters: list[Any] = [
+            CommandRecord.status.in_(UNFINISHED),
+            CommandRecord.parent_id.is_(None),
+            OrderBy("accepted_at", "asc"),
+        ]
         if accepted_before is not None:
             filters.append(CommandRecord.accepted_at < accepted_before)
         if limit is not None:
@@ -339,35 +349,56 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         return await self.get_many(*filters)
 
 
-def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord:
+Change = tuple[EventType, int, dict[str, Any]]
+"""What applying a command did: its event's type, the widget's version, and the event's data."""
+
+
+def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord | None:
+    """Ends the command failed, with its `command.failed` event; an import's row has none: it fails as a line of
+    its import's result, and the import is the command its client watches."""
     record.status, record.error, record.finished_at = CommandStatus.FAILED.value, failure.problem(), datetime.now(UTC)
-    return _event(record, EventType.COMMAND_FAILED, None, {"status": record.status, "error": record.error})
+    if record.parent_id is not None:
+        return None
+    return command_event(record, EventType.COMMAND_FAILED, {"status": record.status, "error": record.error})
 
 
-def _succeed(record: CommandRecord, event_type: EventType, version: int, data: dict[str, Any]) -> EventRecord:
+def _succeed(record: CommandRecord, change: Change | None) -> EventRecord | None:
+    """Ends the command succeeded, with the event of its change (`None`: it changed nothing, an import's row that
+    was already so)."""
     record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
-    return _event(record, event_type, version, data)
-
-
-def _event(record: CommandRecord, event_type: EventType, version: int | None, data: dict[str, Any]) -> EventRecord:
+    if change is None:
+        return None
+    event_type, version, data = change
     return EventRecord(
         event_id=uuid4(),
         type=event_type.value,
         sku=record.sku,
         version=version,
-        command_id=record.id,
+        # An import's rows carry their import's id: the id its client knows and follows.
+        command_id=record.parent_id or record.id,
         occurred_at=record.finished_at,
         data=data,
     )
 
 
-def _fingerprint(kind: str, sku: str, payload: dict[str, Any]) -> str:
+def command_event(record: CommandRecord, event_type: EventType, data: dict[str, Any]) -> EventRecord:
+    """An event about the command itself (failed, progress, completed) rather than a widget's change."""
+    return EventRecord(
+        event_id=uuid4(),
+        type=event_type.value,
+        sku=record.sku,
+        version=None,
+        command_id=record.id,
+        occurred_at=record.finished_at or datetime.now(UTC),
+        data=data,
+    )
+
+
+def command_fingerprint(kind: str, sku: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(msgspec.json.encode([kind, sku, payload], order="sorted")).hexdigest()
 
 
-async def _execute(
-    widgets: WidgetService, current: Current, sku: str, command: Command
-) -> tuple[EventType, int, dict[str, Any]]:
+async def _execute(widgets: WidgetService, current: Current, sku: str, command: Command) -> Change | None:
     match command:
         case CreateWidget(values=values):
             widget = await widgets.create_widget(current, sku, values)
@@ -378,4 +409,9 @@ async def _execute(
         case DeleteWidget(expected_version=expected):
             widget = await widgets.delete_widget(current, sku, expected)
             return EventType.WIDGET_DELETED, widget.version + 1, {"sku": sku}
+        case UpsertWidget(values=values):
+            if (upserted := await widgets.upsert_widget(current, sku, values)) is None:
+                return None
+            widget, created = upserted
+            return EventType.WIDGET_CREATED if created else EventType.WIDGET_UPDATED, widget.version, widget.public()
     raise TypeError(f"unknown command {command!r}")  # pragma: no cover - the union is closed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
+from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
@@ -39,6 +40,23 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
                 .order_by(EventRecord.id)
             )
         )
+        return await self._publish(pending, publish)
+
+    async def publish_command_events(self, command_id: UUID, publish: Publish) -> int:
+        """Publishes a command's own unpublished events (an import's progress and its outcome) in commit order. They
+        have no sku, so no head row orders them: one job writes them one after another, and the publisher puts each
+        event on the stream once however many publishers race for it."""
+        pending = list(
+            await self.repository.session.scalars(
+                select(EventRecord)
+                .where(EventRecord.command_id == command_id, EventRecord.sku.is_(None), EventRecord.stream_id.is_(None))
+                .order_by(EventRecord.id)
+            )
+        )
+        return await self._publish(pending, publish)
+
+    async def _publish(self, pending: list[EventRecord], publish: Publish) -> int:
+        session = self.repository.session
         if pending:
             stream_ids = await publish(pending)
             await session.execute(
@@ -61,6 +79,21 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
             .limit(limit)
         )
         return [sku for sku in rows if sku is not None]
+
+    async def commands_with_unpublished(self, committed_before: datetime, limit: int) -> list[UUID]:
+        """Commands with events of their own (no sku) committed before the given time and still not on the stream."""
+        rows = await self.repository.session.scalars(
+            select(EventRecord.command_id)
+            .where(
+                EventRecord.stream_id.is_(None),
+                EventRecord.sku.is_(None),
+                EventRecord.occurred_at < committed_before,
+            )
+            .group_by(EventRecord.command_id)
+            .order_by(func.min(EventRecord.id))
+            .limit(limit)
+        )
+        return list(rows)
 
     async def purge_published_before(self, cutoff: datetime) -> int:
         """Drops outbox rows already on the stream and older than `cutoff`; unpublished rows always stay."""

@@ -25,6 +25,11 @@ APPLY_COMMANDS = "apply_commands"
 """The job that applies a batch of commands recorded together (one id for a command queued on its own)."""
 APPLY_COMMAND = "apply_command"
 """The single-command job of earlier releases, still run for jobs they left queued."""
+IMPORT_WIDGETS = "import_widgets"
+"""The job that applies an import's rows in batches and ends the import."""
+IMPORT_HEARTBEAT_S = 60
+"""An import job touches its job after every batch; one silent for this long is taken as dead and run again. An
+import has no fixed timeout: ten thousand rows on a slow database may take minutes, and each batch is progress."""
 MAX_BATCH = 200
 """Commands recorded in one transaction and queued as one job, at most."""
 RETRY_DELAY_S = 1.0
@@ -98,6 +103,34 @@ async def enqueue(queue: Queue, settings: Settings, command_ids: Sequence[UUID])
         logger.warning(
             "%d commands recorded but not queued (%r); the recovery pass will queue them", len(command_ids), error
         )
+
+
+async def enqueue_import(queue: Queue, settings: Settings, import_id: UUID) -> None:
+    """Queues an import's job; like `enqueue`, a queue that is down leaves the import to the recovery pass."""
+    try:
+        async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+            await dispatch_import(queue, settings, import_id)
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        logger.warning("import %s recorded but not queued (%r); the recovery pass will queue it", import_id, error)
+
+
+async def dispatch_import(queue: Queue, settings: Settings, import_id: UUID) -> bool:
+    """Queues the job that runs an import, keyed by its id. Retried like any apply job: each attempt goes on where
+    the last one stopped, since rows already applied are finished."""
+    job = await queue.enqueue(
+        IMPORT_WIDGETS,
+        key=str(import_id),
+        command_id=str(import_id),
+        retries=settings.job_attempts,
+        timeout=0,
+        heartbeat=IMPORT_HEARTBEAT_S,
+        retry_delay=RETRY_DELAY_S,
+        retry_backoff=MAX_RETRY_DELAY_S,
+        ttl=600,
+    )
+    return job is not None
 
 
 async def dispatch(queue: Queue, settings: Settings, command_ids: Sequence[UUID]) -> bool:

@@ -1,4 +1,4 @@
-"""WidgetService: reads for the API, and the three changes a command can make."""
+"""WidgetService: reads for the API, and the changes a command can make."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ class WidgetService(SQLAlchemyAsyncRepositoryService[Widget]):
         widget.version += 1
         widget.updated_at = datetime.now(UTC)
         return widget
+
+    async def upsert_widget(self, current: Current, sku: str, values: dict[str, Any]) -> tuple[Widget, bool] | None:
+        """Creates the widget, or updates it to these values; `None` when it already has them (an import run twice
+        changes nothing the second time). Says whether it created the widget."""
+        widget = current.get(sku)
+        if widget is None:
+            return await self.create_widget(current, sku, values), True
+        changes = {field: value for field, value in _trimmed(values).items() if getattr(widget, field) != value}
+        if not changes:
+            return None
+        return await self.update_widget(current, sku, changes, None), False
 
     async def delete_widget(self, current: Current, sku: str, expected_version: int | None) -> Widget:
         widget = _checked(current, sku, expected_version)

@@ -142,7 +142,7 @@ class EventHub:
         # cost an event nothing but a dictionary lookup.
         self._any_sku: set[Subscription] = set()
         self._by_sku: dict[str, set[Subscription]] = {}
-        self._finish_watchers: dict[str, set[asyncio.Event]] = {}
+        self._finish_watchers: dict[str, dict[asyncio.Event, frozenset[str] | None]] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
@@ -228,21 +228,24 @@ class EventHub:
             for subscription in self._by_sku.get(entry.sku or "", ()):
                 if subscription.offer(entry):
                     woken.add(subscription)
-            if entry.type != PROGRESS:
-                for finished in self._finish_watchers.get(entry.command_id, ()):
+            for finished, outcomes in self._finish_watchers.get(entry.command_id, {}).items():
+                if entry.type in outcomes if outcomes is not None else entry.type != PROGRESS:
                     finished.set()
         return len(woken)
 
     @contextlib.asynccontextmanager
-    async def watch_command(self, command_id: str) -> AsyncIterator[asyncio.Event]:
-        """An event set when this process's reader sees the command's outcome (any event but progress)."""
+    async def watch_command(
+        self, command_id: str, outcomes: frozenset[str] | None = None
+    ) -> AsyncIterator[asyncio.Event]:
+        """An event set when this process's reader sees the command's outcome: an event of one of the `outcomes`
+        types, by default any event but progress (an import's rows' events carry its id too, so it names its own)."""
         finished = asyncio.Event()
-        self._finish_watchers.setdefault(command_id, set()).add(finished)
+        self._finish_watchers.setdefault(command_id, {})[finished] = outcomes
         try:
             yield finished
         finally:
             waiters = self._finish_watchers[command_id]
-            waiters.discard(finished)
+            waiters.pop(finished, None)
             if not waiters:
                 del self._finish_watchers[command_id]
 

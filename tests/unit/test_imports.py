@@ -1,0 +1,276 @@
+"""`POST /widgets/imports`: one command, its rows applied in batches with progress, bad rows reported, good rows
+applied, every row ordered with the other commands on its sku."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar_saq import SAQPlugin
+from sqlalchemy import update
+
+from tests.support import AUTH, WAIT
+from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
+from tests.unit.test_commands import finished, redis_down
+from widgetry.domain.models import EventRecord
+from widgetry.domain.problems import CommandFailed
+from workers.jobs import fail_import, relay_unpublished, requeue_unfinished
+
+CSV = {"Content-Type": "text/csv"}
+
+
+def widgets(n: int, prefix: str = "IMP", price: int = 100) -> list[dict[str, Any]]:
+    return [{"sku": f"{prefix}-{i:05d}", "name": f"Widget {i}", "price_cents": price + i} for i in range(n)]
+
+
+async def imported(client: httpx.AsyncClient, **request: Any) -> dict[str, Any]:
+    response = await client.post(
+        "/widgets/imports", headers=AUTH | {"Prefer": "wait=30"} | request.pop("headers", {}), **request
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_json_import_creates_every_widget_and_reports_progress_then_completion(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    command = await imported(client, json={"widgets": widgets(1200)})
+
+    assert command["type"] == "import_widgets"
+    assert command["status"] == "succeeded"
+    assert command["sku"] is None
+    assert command["progress"] == {"done": 1200, "total": 1200}
+    assert command["result"] == {
+        "total": 1200,
+        "created": 1200,
+        "updated": 0,
+        "unchanged": 0,
+        "failed": 0,
+        "errors": [],
+    }
+    assert (await widget_row(app, "IMP-01199")).price_cents == 1299
+    events = [event for event in await stream(app) if event["command_id"] == command["id"]]
+    created = [event for event in events if event["type"] == "widget.created"]
+    progress = [event["data"]["progress"] for event in events if event["type"] == "command.progress"]
+    assert len(created) == 1200
+    assert {event["sku"] for event in created} == {f"IMP-{i:05d}" for i in range(1200)}
+    # At least one progress event per 500 widgets, counting up to the total, and one completion, last.
+    assert [p["done"] for p in progress] == [500, 1000, 1200]
+    assert all(p["total"] == 1200 for p in progress)
+    assert [event["type"] for event in events].count("command.completed") == 1
+    assert events[-1]["type"] == "command.completed"
+    assert events[-1]["data"]["result"]["created"] == 1200
+
+
+async def test_a_csv_import_reports_bad_rows_and_applies_the_good_ones(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    body = (
+        "sku,name,price_cents,internal_notes\n"
+        "CSV-1,First,100,from the supplier\n"
+        "bad sku!,Second,200,\n"
+        "CSV-3,Third,-5,\n"
+        "CSV-4,Fourth,four hundred,\n"
+        "CSV-1,Again,100,\n"
+        '"CSV-6","Sixth, with a comma",600,""\n'
+    )
+    command = await imported(client, content=body.encode(), headers=CSV)
+
+    assert command["status"] == "succeeded"
+    result = command["result"]
+    assert (result["total"], result["created"], result["failed"]) == (6, 2, 4)
+    assert [(error["row"], error["sku"]) for error in result["errors"]] == [
+        (2, "bad sku!"),
+        (3, "CSV-3"),
+        (4, "CSV-4"),
+        (5, "CSV-1"),
+    ]
+    assert "repeats row 1" in result["errors"][3]["reason"]
+    assert "price_cents" in result["errors"][1]["reason"]
+    assert (await widget_row(app, "CSV-1")).internal_notes == "from the supplier"
+    assert (await widget_row(app, "CSV-6")).name == "Sixth, with a comma"
+    assert await widget_row(app, "CSV-3") is None
+
+
+async def test_an_import_updates_what_exists_and_leaves_unchanged_rows_alone(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    await imported(client, json={"widgets": widgets(3)})
+    again = widgets(3)
+    again[1]["price_cents"] = 5
+    command = await imported(client, json={"widgets": again})
+
+    assert command["result"] | {"errors": None} == {
+        "total": 3,
+        "created": 0,
+        "updated": 1,
+        "unchanged": 2,
+        "failed": 0,
+        "errors": None,
+    }
+    row = await widget_row(app, "IMP-00001")
+    assert (row.price_cents, row.version) == (5, 2)
+    assert (await widget_row(app, "IMP-00000")).version == 1
+    updated = [e for e in await stream(app) if e["command_id"] == command["id"] and e["type"].startswith("widget.")]
+    assert [(e["type"], e["sku"], e["version"]) for e in updated] == [("widget.updated", "IMP-00001", 2)]
+
+
+async def test_an_import_takes_its_place_after_commands_accepted_before_it(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    await client.post("/widgets", json={"sku": "ORD-1", "name": "Old", "price_cents": 1}, headers=AUTH | WAIT)
+    before = await client.patch("/widgets/ORD-1", json={"name": "Patched"}, headers=AUTH)
+    command = await imported(client, json={"widgets": [{"sku": "ORD-1", "name": "Imported", "price_cents": 2}]})
+    after = await client.patch("/widgets/ORD-1", json={"price_cents": 3}, headers=AUTH | WAIT)
+
+    assert before.status_code == 202 and after.status_code == 200
+    assert command["result"]["updated"] == 1
+    row = await widget_row(app, "ORD-1")
+    assert (row.name, row.price_cents, row.version) == ("Imported", 3, 4)
+    versions = [(e["version"], e["command_id"]) for e in await stream(app) if e["sku"] == "ORD-1"]
+    assert [version for version, _ in versions] == [1, 2, 3, 4]
+    assert versions[2][1] == command["id"]
+
+
+async def test_an_import_without_wait_is_accepted_and_can_be_followed_at_its_location(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/widgets/imports", json={"widgets": widgets(2)}, headers=AUTH)
+
+    assert response.status_code == 202
+    assert response.json()["progress"] == {"done": 0, "total": 2}
+    assert response.headers["location"] == f"/commands/{response.json()['id']}"
+
+
+async def test_the_same_import_with_the_same_idempotency_key_is_recorded_once(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    key = {"Idempotency-Key": "import-1"}
+    first = await imported(client, json={"widgets": widgets(2)}, headers=key)
+    again = await client.post("/widgets/imports", json={"widgets": widgets(2)}, headers=AUTH | key)
+    other = await client.post("/widgets/imports", json={"widgets": widgets(3)}, headers=AUTH | key)
+
+    assert (again.status_code, again.json()["id"]) == (200, first["id"])
+    assert other.status_code == 422
+    assert await count(app, CommandRecord) == 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        pytest.param(b'{"widgets": []}', {"Content-Type": "application/json"}, 422, id="no widgets"),
+        pytest.param(b'{"widgets": {}}', {"Content-Type": "application/json"}, 422, id="widgets not a list"),
+        pytest.param(b'{"items": []}', {"Content-Type": "application/json"}, 422, id="unknown member"),
+        pytest.param(b'{"widgets": [', {"Content-Type": "application/json"}, 400, id="not json"),
+        pytest.param(b"sku,name\nA,B\n", CSV, 422, id="csv without price_cents"),
+        pytest.param(b"sku,name,price_cents,colour\nA,B,1,red\n", CSV, 422, id="csv unknown column"),
+        pytest.param(b"sku,name,price_cents\n", CSV, 422, id="csv header only"),
+        pytest.param(b"sku,name,price_cents\n\xff,B,1\n", CSV, 422, id="csv not utf-8"),
+        pytest.param(b"sku,name,price_cents\nbad sku,,x\n", CSV, 422, id="no valid row"),
+        pytest.param(b"<widgets/>", {"Content-Type": "application/xml"}, 415, id="xml"),
+    ],
+)
+async def test_an_import_that_is_wrong_as_a_whole_is_refused_and_records_nothing(
+    client: httpx.AsyncClient, app: Litestar, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    response = await client.post("/widgets/imports", content=body, headers=AUTH | headers)
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == status
+    assert await count(app, CommandRecord) == 0
+    assert await outbox(app) == []
+
+
+async def test_more_than_ten_thousand_widgets_is_413(client: httpx.AsyncClient, app: Litestar) -> None:
+    body = "sku,name,price_cents\n" + "".join(f"S{i},N,1\n" for i in range(10_001))
+    response = await client.post("/widgets/imports", content=body.encode(), headers=AUTH | CSV)
+
+    assert response.status_code == 413
+    assert "10,000" in response.json()["detail"]
+    assert await count(app, CommandRecord) == 0
+
+
+async def test_a_body_over_ten_megabytes_is_413(client: httpx.AsyncClient, app: Litestar) -> None:
+    body = b"sku,name,price_cents,internal_notes\n" + b"A,B,1," + b"x" * (10 * 1024 * 1024) + b"\n"
+    response = await client.post("/widgets/imports", content=body, headers=AUTH | CSV)
+
+    assert response.status_code == 413
+    assert await count(app, CommandRecord) == 0
+
+
+async def test_an_import_needs_an_api_key(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post("/widgets/imports", json={"widgets": widgets(1)})
+
+    assert response.status_code == 401
+    assert await count(app, CommandRecord) == 0
+
+
+async def test_an_import_whose_enqueue_failed_is_run_by_the_recovery_pass(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "enqueue", redis_down)
+        accepted = await client.post("/widgets/imports", json={"widgets": widgets(3)}, headers=AUTH)
+    assert accepted.status_code == 202
+
+    requeued = await requeue_unfinished(app.state.connections, queue)
+
+    assert requeued == 1  # the import, not its three rows one by one
+    command = await finished(client, accepted.headers["location"])
+    assert (command["status"], command["result"]["created"]) == ("succeeded", 3)
+
+
+async def test_the_relay_publishes_an_imports_own_events_left_unpublished(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    command = await imported(client, json={"widgets": widgets(2)})
+    redis, events_stream = app.state.connections.redis, app.state.settings.events_stream
+    await redis.delete(events_stream, *[key async for key in redis.scan_iter(f"{events_stream}:published:*")])
+    a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
+    async with app.state.connections.alchemy.get_session() as session:
+        await session.execute(update(EventRecord).values(stream_id=None, occurred_at=a_minute_ago))
+        await session.commit()
+
+    await relay_unpublished({"connections": app.state.connections})
+
+    published = [(e["type"], e["sku"]) for e in await stream(app) if e["command_id"] == command["id"]]
+    assert sorted(published, key=str) == sorted(
+        [
+            ("widget.created", "IMP-00000"),
+            ("widget.created", "IMP-00001"),
+            ("command.progress", None),
+            ("command.completed", None),
+        ],
+        key=str,
+    )
+    assert all(row.stream_id for row in await outbox(app))
+
+
+async def test_an_import_that_cannot_finish_fails_with_its_rows_left_unapplied(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "enqueue", redis_down)
+        accepted = await client.post("/widgets/imports", json={"widgets": widgets(2)}, headers=AUTH)
+    import_id = UUID(accepted.json()["id"])
+
+    await fail_import(app.state.connections, import_id, CommandFailed("The import could not be applied."))
+    await fail_import(app.state.connections, import_id, CommandFailed("twice"))
+
+    command = (await client.get(accepted.headers["location"])).json()
+    assert command["status"] == "failed"
+    assert command["error"]["detail"] == "The import could not be applied."
+    assert (command["result"]["created"], command["result"]["failed"]) == (0, 2)
+    assert await widget_row(app, "IMP-00000") is None
+    assert [e["type"] for e in await stream(app) if e["command_id"] == str(import_id)] == ["command.failed"]
+    # Its rows stay failed: a later command on their sku applies after them, not them.
+    later = await client.post("/widgets", json=widgets(1)[0], headers=AUTH | WAIT)
+    assert later.status_code == 200
+    assert (await widget_row(app, "IMP-00000")).version == 1
