@@ -19,6 +19,7 @@ from litestar_saq import SAQPlugin
 
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
+from widgetry.api.docs import get_problem_type, list_problem_types
 from widgetry.api.events import stream_events, stream_widget_events
 from widgetry.api.limits import (
     RATE_LIMIT_EXEMPT,
@@ -40,6 +41,8 @@ from widgetry.api.widgets import (
 )
 from widgetry.cli import WidgetryCLIPlugin
 from widgetry.connections import Connections, build_alchemy
+from widgetry.observability.logs import structlog_plugin
+from widgetry.observability.metrics import Counts, MetricsController, flushing, prometheus_config
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
@@ -83,16 +86,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     import_widgets,
                 ],
             ),
-            Router("/", route_handlers=[health, ready], opt={RATE_LIMIT_EXEMPT: True}),
+            Router(
+                "/",
+                route_handlers=[health, ready, list_problem_types, get_problem_type],
+                opt={RATE_LIMIT_EXEMPT: True},
+            ),
+            Router("/", route_handlers=[MetricsController], opt={RATE_LIMIT_EXEMPT: True}),
         ],
         dependencies=DEPENDENCIES,
-        middleware=[rate_limit.middleware] if rate_limit else [],
+        middleware=[prometheus_config().middleware, *([rate_limit.middleware] if rate_limit else [])],
         stores={RATE_LIMIT_STORE: rate_limit_store(connections.redis, settings)} if rate_limit else None,
         cors_config=_cors_config(settings),
         plugins=[
             SQLAlchemyPlugin(config=connections.alchemy),
             saq_plugin(connections, queue),
             problem_details_plugin(),
+            structlog_plugin(settings),
             WidgetryCLIPlugin(),
         ],
         state=State(
@@ -113,6 +122,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=version("widgetry"),
             description="A widget catalogue whose writes are commands: 202 Accepted, then events over SSE.",
             path="/schema",
+            use_handler_docstrings=True,
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         debug=settings.debug,
@@ -139,7 +149,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     await app.state.hub.start()
     freeze_startup_objects()
     try:
-        yield
+        async with flushing(Counts.of(connections)):
+            yield
     finally:
         # Litestar leaves lifespan managers before it runs the plugins' shutdown hooks: stop the in-process worker
         # here, before the connections it uses are closed.

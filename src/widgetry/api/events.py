@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
+from widgetry.api.docs import EVENT_STREAM_RESPONSES
 from widgetry.api.limits import StreamLimit
 from widgetry.api.problems import invalid
 from widgetry.api.widgets import SkuPath
@@ -26,7 +27,7 @@ CursorHeader = Annotated[str | None, HeaderParameter(name="Last-Event-ID", descr
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@get("/events", media_type="text/event-stream", middleware=[StreamLimit()])
+@get("/events", media_type="text/event-stream", middleware=[StreamLimit()], responses=EVENT_STREAM_RESPONSES)
 async def stream_events(
     hub: NamedDependency[EventHub],
     sku: SkuFilter = None,
@@ -38,7 +39,12 @@ async def stream_events(
     return _stream(hub, Filter(sku, _event_types(types)), last_event_id_header or last_event_id)
 
 
-@get("/widgets/{sku:str}/events", media_type="text/event-stream", middleware=[StreamLimit()])
+@get(
+    "/widgets/{sku:str}/events",
+    media_type="text/event-stream",
+    middleware=[StreamLimit()],
+    responses=EVENT_STREAM_RESPONSES,
+)
 async def stream_widget_events(
     hub: NamedDependency[EventHub],
     sku: SkuPath,

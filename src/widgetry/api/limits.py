@@ -39,6 +39,8 @@ RATE_LIMIT_EXEMPT = "rate_limit_exempt"
 STREAM_RETRY_AFTER_S = 5
 """Nothing tells when one of a client's streams will end; a few seconds keeps a reconnecting client polite."""
 
+STREAMS_SLUG = "too-many-streams"
+
 
 def client_identity(connection: ASGIConnection) -> str:
     """Whom a limit counts against: an accepted API key by its digest, otherwise the client address.
@@ -158,7 +160,7 @@ class StreamLimit(ASGIMiddleware):
             raise problem_exception(
                 429,
                 f"At most {streams.per_client} event streams may be open at once per client; close one first.",
-                slug="too-many-streams",
+                slug=STREAMS_SLUG,
                 title="Too many streams",
                 headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
             )

@@ -74,7 +74,15 @@ class WidgetWriteDTO(SQLAlchemyDTO[Widget]):
         refused, that a partial update needs a field, and, on a partial DTO's fields, any rule whose bound is 0
         (`price_cents >= 0`: it skips falsy values): clients built from it would send bodies that are refused."""
         schema = super().create_openapi_schema(field_definition, handler_id, schema_creator)
-        body = schema_creator.schema_registry.from_reference(schema).schema if isinstance(schema, Reference) else schema
+        # A body with examples comes back wrapped (`allOf: [<the component>]`, examples beside it): the rules go on
+        # the component itself.
+        wrapped = isinstance(schema, Schema) and schema.all_of is not None and len(schema.all_of) == 1
+        component = schema.all_of[0] if wrapped else schema  # type: ignore[union-attr,index]
+        body = (
+            schema_creator.schema_registry.from_reference(component).schema
+            if isinstance(component, Reference)
+            else component
+        )
         if cls.config.forbid_unknown_fields:
             body.additional_properties = False
         if cls.config.partial:

@@ -9,9 +9,19 @@ from advanced_alchemy.service import OffsetPagination
 from litestar import Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.dto import DTOData
-from litestar.params import HeaderParameter, JSONBody, PathParameter
+from litestar.params import Body, HeaderParameter, PathParameter
 
 from widgetry.api.dependencies import provide_widget_filters
+from widgetry.api.docs import (
+    ACCEPTED,
+    IMPORTED,
+    READ_PROBLEMS,
+    SPROCKET,
+    ImportOperation,
+    command_responses,
+    examples,
+    problem_responses,
+)
 from widgetry.api.imports import MAX_IMPORT_BYTES, parse_import
 from widgetry.api.intake import Intake
 from widgetry.api.problems import invalid, problem_exception
@@ -22,6 +32,8 @@ from widgetry.domain.models import SKU_PATTERN, Widget
 from widgetry.domain.problems import WidgetNotFound
 from widgetry.services.widgets import WidgetService
 
+UPDATED = ACCEPTED | {"type": "update_widget"}
+DELETED = ACCEPTED | {"type": "delete_widget"}
 SkuPath = Annotated[str, PathParameter(pattern=SKU_PATTERN, description="The widget's sku.")]
 WRITE_GUARDS = [writer_guard]
 IfMatch = Annotated[
@@ -30,7 +42,12 @@ IfMatch = Annotated[
 ]
 
 
-@get("/widgets", return_dto=WidgetRead, dependencies={"filters": Provide(provide_widget_filters, sync_to_thread=False)})
+@get(
+    "/widgets",
+    return_dto=WidgetRead,
+    responses=problem_responses(*READ_PROBLEMS),
+    dependencies={"filters": Provide(provide_widget_filters, sync_to_thread=False)},
+)
 async def list_widgets(
     widgets: NamedDependency[WidgetService], filters: NamedDependency[list[StatementFilter]]
 ) -> OffsetPagination[Widget]:
@@ -39,7 +56,7 @@ async def list_widgets(
     return widgets.to_schema(items, total, filters=filters)
 
 
-@get("/widgets/{sku:str}", return_dto=WidgetRead)
+@get("/widgets/{sku:str}", return_dto=WidgetRead, responses=problem_responses(*READ_PROBLEMS, "widget-not-found"))
 async def get_widget(widgets: NamedDependency[WidgetService], sku: SkuPath) -> Response[Widget]:
     """One widget, with its version as the `ETag`."""
     widget = await widgets.get_one_or_none(sku=sku)
@@ -48,17 +65,36 @@ async def get_widget(widgets: NamedDependency[WidgetService], sku: SkuPath) -> R
     return Response(widget, headers={"ETag": f'"{widget.version}"'})
 
 
-@post("/widgets", dto=WidgetCreate, return_dto=None, status_code=202, guards=WRITE_GUARDS)
-async def create_widget(data: JSONBody[DTOData[Widget]], intake: NamedDependency[Intake]) -> Response[CommandResource]:
+@post(
+    "/widgets",
+    dto=WidgetCreate,
+    return_dto=None,
+    status_code=202,
+    guards=WRITE_GUARDS,
+    responses=command_responses("widget-exists", "internal"),
+)
+async def create_widget(
+    data: Annotated[DTOData[Widget], Body(examples=examples(a_widget=SPROCKET))], intake: NamedDependency[Intake]
+) -> Response[CommandResource]:
     """Accepts a command to create a widget; fails once applied if the sku exists."""
     values = data.as_builtins()
     sku = values.pop("sku")
     return await intake.submit(sku, CreateWidget(values=values))
 
 
-@patch("/widgets/{sku:str}", dto=WidgetPatch, return_dto=None, status_code=202, guards=WRITE_GUARDS)
+@patch(
+    "/widgets/{sku:str}",
+    dto=WidgetPatch,
+    return_dto=None,
+    status_code=202,
+    guards=WRITE_GUARDS,
+    responses=command_responses("widget-not-found", "conflict", "internal", outcome=UPDATED),
+)
 async def update_widget(
-    data: JSONBody[DTOData[Widget]], sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None
+    data: Annotated[DTOData[Widget], Body(examples=examples(a_new_price={"price_cents": 1799}))],
+    sku: SkuPath,
+    intake: NamedDependency[Intake],
+    if_match: IfMatch = None,
 ) -> Response[CommandResource]:
     """Accepts a partial update: any non-empty subset of `name`, `price_cents`, `internal_notes`."""
     changes = data.as_builtins()
@@ -70,7 +106,13 @@ async def update_widget(
     return await intake.submit(sku, UpdateWidget(changes=changes, expected_version=_expected_version(if_match)))
 
 
-@delete("/widgets/{sku:str}", return_dto=None, status_code=202, guards=WRITE_GUARDS)
+@delete(
+    "/widgets/{sku:str}",
+    return_dto=None,
+    status_code=202,
+    guards=WRITE_GUARDS,
+    responses=command_responses("widget-not-found", "conflict", "internal", outcome=DELETED),
+)
 async def delete_widget(
     sku: SkuPath, intake: NamedDependency[Intake], if_match: IfMatch = None
 ) -> Response[CommandResource]:
@@ -78,7 +120,14 @@ async def delete_widget(
     return await intake.submit(sku, DeleteWidget(expected_version=_expected_version(if_match)))
 
 
-@post("/widgets/imports", status_code=202, guards=WRITE_GUARDS, request_max_body_size=MAX_IMPORT_BYTES)
+@post(
+    "/widgets/imports",
+    status_code=202,
+    guards=WRITE_GUARDS,
+    request_max_body_size=MAX_IMPORT_BYTES,
+    operation_class=ImportOperation,
+    responses=command_responses("payload-too-large", "unsupported-media-type", "internal", outcome=IMPORTED),
+)
 async def import_widgets(request: Request[Any, Any, Any], intake: NamedDependency[Intake]) -> Response[CommandResource]:
     """Accepts an import of up to 10,000 widgets, as JSON (`{"widgets": [...]}`) or CSV (`text/csv`, header
     `sku,name,price_cents,internal_notes`): created or updated, in batches, with `command.progress` events. Each row is
