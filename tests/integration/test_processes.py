@@ -66,6 +66,21 @@ async def test_a_command_posted_to_one_web_process_streams_from_another(
     assert run_health_check("worker", worker.env).returncode == 0, worker.output
 
 
+async def test_an_import_posted_to_one_web_process_is_run_by_the_external_worker(
+    stack: tuple[Server, Server, Process],
+) -> None:
+    web_a, web_b, worker = stack
+    body = "sku,name,price_cents\n" + "".join(f"MPI-{i:04d},Widget {i},{i}\n" for i in range(1_200))
+    async with httpx.AsyncClient(base_url=web_a.url, headers=AUTH | {"Prefer": "wait=30"}, timeout=40) as client:
+        imported = await client.post("/widgets/imports", content=body, headers={"Content-Type": "text/csv"})
+
+    assert imported.status_code == 200, worker.output
+    assert imported.json()["result"]["created"] == 1_200
+    async with httpx.AsyncClient(base_url=web_b.url) as client:
+        listed = (await client.get("/widgets", params={"search": "MPI-", "limit": 1})).json()
+    assert listed["total"] == 1_200
+
+
 def run_health_check(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     """The service's compose health check, run here against the local processes."""
     kind, *command = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service]["healthcheck"]["test"]
