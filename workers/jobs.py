@@ -12,6 +12,7 @@ from uuid import UUID
 from saq.job import Status
 
 from widgetry.domain.problems import CommandFailed
+from widgetry.observability.outcomes import observed
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
 from widgetry.services.events import EventService
@@ -162,14 +163,14 @@ async def fail_import(connections: Connections, import_id: UUID, failure: Comman
 
 async def publish_command_events(connections: Connections, command_id: UUID) -> None:
     async with connections.alchemy.get_session() as session:
-        await EventService(session=session).publish_command_events(command_id, connections.publisher.publish)
+        await EventService(session=session).publish_command_events(command_id, observed(connections))
 
 
 async def publish_pending(connections: Connections, skus: Collection[str]) -> None:
     if not skus:
         return
     async with connections.alchemy.get_session() as session:
-        await EventService(session=session).publish_pending(skus, connections.publisher.publish)
+        await EventService(session=session).publish_pending(skus, observed(connections))
 
 
 async def relay_unpublished(ctx: dict[str, Any]) -> int:

@@ -6,13 +6,18 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from saq.queue.redis import RedisQueue
 
+from widgetry.api.security import api_key_guard
 from widgetry.connections import is_unavailable
+from widgetry.observability import tracing
+from widgetry.observability.metrics import Counts
+from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
@@ -141,12 +146,14 @@ def _raise_if_cancelled() -> None:
 
 def build_queue(connections: Connections) -> CommandQueue:
     queue_class = EmbeddedRedisQueue if connections.settings.embedded_redis else CommandQueue
-    return queue_class(
+    queue = queue_class(
         connections.redis,
         name=connections.settings.queue_name,
         dump=lambda value: encode_json(value).decode(),
         load=decode_json,
     )
+    tracing.trace_enqueues(queue, connections.settings)
+    return queue
 
 
 def every(seconds: int) -> str:
@@ -157,8 +164,20 @@ def every(seconds: int) -> str:
     return f"* * * * * */{seconds}"
 
 
+def flush_counts(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """After each job, adds what it counted (commands finished, events published) to the shared metrics: a worker
+    process has nothing else that would, and nobody scrapes it."""
+    counts = Counts.of(connections)
+
+    async def flush(_ctx: dict[str, Any]) -> None:
+        await counts.flush()
+
+    return flush
+
+
 def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
     settings = connections.settings
+    traced = tracing.enabled(settings)
     plugin = SAQPlugin(
         SAQConfig(
             queue_instances={queue.name: queue},
@@ -183,8 +202,13 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
                     concurrency=settings.worker_concurrency,
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
                     startup=[startup_hook(connections)],
-                    after_process=[end_failed_command],
-                    timers={"sweep": SWEEP_SECONDS},
+                    before_process=[tracing.enter_job_span] if traced else [],
+                    after_process=[
+                        end_failed_command,
+                        flush_counts(connections),
+                        *([tracing.leave_job_span] if traced else []),
+                    ],
+                    timers={"sweep": SWEEP_SECONDS, "worker_info": WORKER_INFO_INTERVAL_S},
                     dequeue_timeout=0 if settings.embedded_redis else REDIS_DEQUEUE_TIMEOUT_S,
                     # SAQ's grace period waits for every worker task, idle dequeues included, so any grace is
                     # spent in full on each shutdown. No grace is safe here: an apply is one transaction, and a
@@ -192,6 +216,12 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
                     shutdown_grace_period_s=None,
                 )
             ],
+            # SAQ's web UI. Behind the API-key guard, which reads the key from the `X-API-Key` header: a browser
+            # does not send one by itself, so reach it through a proxy that adds the header (or with curl).
+            web_enabled=True,
+            web_path="/saq",
+            web_guards=[api_key_guard],
+            enable_otel=traced,
         )
     )
     for worker in plugin.get_workers().values():

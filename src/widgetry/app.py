@@ -43,6 +43,7 @@ from widgetry.cli import WidgetryCLIPlugin
 from widgetry.connections import Connections, build_alchemy
 from widgetry.observability.logs import structlog_plugin
 from widgetry.observability.metrics import Counts, MetricsController, flushing, prometheus_config
+from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             saq_plugin(connections, queue),
             problem_details_plugin(),
             structlog_plugin(settings),
+            *tracing_plugins(settings),
             WidgetryCLIPlugin(),
         ],
         state=State(

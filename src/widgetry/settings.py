@@ -25,12 +25,25 @@ class WorkerMode(StrEnum):
     EXTERNAL = "external"
 
 
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    """Pretty console output when stderr is a terminal, JSON lines otherwise."""
+    JSON = "json"
+    CONSOLE = "console"
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     database_url: str | None = None
     """`None` means the embedded SQLite file `widgetry.db` in the working directory."""
     redis_url: str | None = None
     """`None` means an in-process fakeredis: no server, nothing survives a restart."""
     api_keys: tuple[str, ...] = ()
+    api_key_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    """How long a web process trusts its last look at a stored key (`widgetry keys create`): a revoke takes effect
+    within it, and an unknown key is refused from memory for as long."""
     workers: WorkerMode = WorkerMode.INPROCESS
     protect_reads: bool = False
     """Put reads and the event stream behind API keys too (health, readiness and the schema stay public)."""
@@ -64,6 +77,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     cors_origins: tuple[str, ...] = ()
     """Origins that browsers may call the API from; none (the default) sends no CORS headers at all."""
     debug: bool = False
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = LogFormat.AUTO
+    otel: bool = False
+    """Trace requests, jobs and publishes with OpenTelemetry (needs the `otel` extra; exported over OTLP as the
+    standard `OTEL_EXPORTER_OTLP_*` variables say)."""
 
     def __post_init__(self) -> None:
         if self.rate_limit.strip() != RATE_LIMIT_OFF and not RATE_LIMIT.match(self.rate_limit):

@@ -19,6 +19,7 @@ from widgetry.connections import Connections
 from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord
+from widgetry.observability import outcomes
 from widgetry.services.commands import UNFINISHED, CommandService, Submission
 from widgetry.services.imports import ImportService
 from widgetry.services.intake import CommandIntake, enqueue, enqueue_import
@@ -89,6 +90,7 @@ class Intake:
                 if not created:
                     return replay_response(record)
                 await enqueue(self._queue, self._connections.settings, [record.id])
+            outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 
     async def submit_import(self, parsed: ParsedImport) -> Response[Any]:
@@ -102,6 +104,7 @@ class Intake:
             if not created:
                 return replay_response(record)
             await enqueue_import(self._queue, self._connections.settings, record.id)
+            outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 
     async def _answer(self, record: CommandRecord, finished: asyncio.Event) -> Response[Any]:

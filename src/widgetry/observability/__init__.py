@@ -1,0 +1,1 @@
+"""What operators watch: Prometheus metrics, structured logs, traces and the queue's state."""

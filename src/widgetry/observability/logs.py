@@ -1,0 +1,75 @@
+"""Structured logs: structlog through Litestar's plugin, JSON lines in production, pretty in a terminal.
+
+structlog's own lines (those about each command) and the standard library's (`logging.getLogger`: SAQ, SQLAlchemy,
+Litestar) are rendered by the same processors and go to the same stream, stderr. structlog's are written directly:
+through the standard library's machinery (a record, its queue handler, `ProcessorFormatter`) a line costs three
+times as much (29 µs against 9 µs here), and there are three lines per command.
+Each line's `event` says what happened; lines about a command carry its `command_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from litestar.logging.config import LoggingConfig, StructLoggingConfig
+from litestar.plugins.structlog import StructlogConfig, StructlogPlugin
+
+from widgetry.settings import LogFormat, Settings
+
+TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def writes_json(settings: Settings) -> bool:
+    if settings.log_format is LogFormat.AUTO:
+        return not sys.stderr.isatty()
+    return settings.log_format is LogFormat.JSON
+
+
+def structlog_plugin(settings: Settings) -> StructlogPlugin:
+    as_json = writes_json(settings)
+    level = logging.getLevelNamesMapping()[settings.log_level]
+    # The console renderer formats exceptions itself, with their traceback.
+    render: list[structlog.typing.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if as_json
+        else [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and settings.log_format is LogFormat.AUTO)]
+    )
+    formatter = {
+        "()": structlog.stdlib.ProcessorFormatter,
+        "foreign_pre_chain": [
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            TIMESTAMP,
+            structlog.stdlib.ExtraAdder(),
+        ],
+        "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+    }
+    standard_library = LoggingConfig(
+        formatters={"standard": formatter},
+        root={"handlers": ["queue_listener"], "level": settings.log_level},
+        loggers={
+            "litestar": {"level": settings.log_level, "handlers": ["queue_listener"], "propagate": False},
+        },
+    )
+    return StructlogPlugin(
+        StructlogConfig(
+            structlog_logging_config=StructLoggingConfig(
+                processors=[
+                    structlog.contextvars.merge_contextvars,
+                    structlog.processors.add_log_level,
+                    TIMESTAMP,
+                    *render,
+                ],
+                logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+                wrapper_class=structlog.make_filtering_bound_logger(level),
+                standard_lib_logging_config=standard_library,
+                pretty_print_tty=not as_json,
+            ),
+            # Litestar's request logging writes a line per request with its headers and body: a real share of a
+            # write's cost at a thousand a second. Each command's own lines say what a request did.
+            enable_middleware_logging=False,
+        )
+    )

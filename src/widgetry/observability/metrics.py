@@ -1,0 +1,298 @@
+"""Prometheus at `/metrics`: Litestar's HTTP metrics plus the service's own, counted across processes.
+
+Commands are accepted by web processes but applied (and their events published) by workers, which may be other
+processes (`widgetry workers run`) that nothing scrapes. prometheus-client's metrics live in the memory of the
+process that counts (its multiprocess mode only joins processes of one host that share a directory), so a worker's
+count would never reach a web process's `/metrics`. Each process therefore adds its counts into one Redis hash,
+read at scrape time: every web process shows the deployment's totals (query them with `max`, not `sum`).
+
+Counting costs the hot paths a dictionary update each: the counts gather in this process and go to Redis in one
+pipelined HINCRBY after each worker job and every second, never on a request's or a command's way.
+Gauges (queue depth, oldest unfinished command, relay backlog) are read at scrape time, each source under a short
+timeout, so a scrape answers even when Redis or the database does not (`widgetry_scrape_source_up` says which).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from widgetry.domain.commands import CommandStatus
+from widgetry.domain.models import CommandRecord, EventRecord
+from widgetry.observability.queues import QueueStatus, queue_status
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from saq.queue.redis import RedisQueue
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.orm import Session
+
+    from widgetry.connections import Connections
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "widgetry"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
+"""Seconds from accepted to finished: milliseconds when the service keeps up, minutes for a large import."""
+FLUSH_INTERVAL_S = 1.0
+REDIS_TIMEOUT_S = 1.0
+SCRAPE_TIMEOUT_S = 2.0
+UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+OUTCOMES = {CommandStatus.SUCCEEDED.value: "applied", CommandStatus.FAILED.value: "failed"}
+
+
+class Counts:
+    """This process's counts not yet added to Redis: one per database engine (per app), found from a session by its
+    bind, so what one app applies is never counted in another's Redis (tests run many apps in one process)."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self.redis = redis
+        self.key = key
+        self.fields: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+
+    @classmethod
+    def of(cls, connections: Connections) -> Counts:
+        engine = connections.alchemy.get_engine().sync_engine
+        if (counts := _BY_ENGINE.get(engine)) is None:
+            counts = _BY_ENGINE[engine] = cls(connections.redis, f"{connections.settings.redis_prefix}:metrics")
+        return counts
+
+    @classmethod
+    def of_session(cls, session: Session) -> Counts | None:
+        """The counts of the app whose engine the session uses; `None` when no app counts for it."""
+        return _BY_ENGINE.get(session.bind) if session.bind is not None else None  # type: ignore[arg-type]
+
+    def accepted(self, command_type: str) -> None:
+        self.fields[f"accepted:{command_type}"] += 1
+
+    def finished(self, command_type: str, status: str, seconds: float) -> None:
+        self.fields[f"{OUTCOMES[status]}:{command_type}"] += 1
+        self.fields[f"latency:{command_type}:{bisect.bisect_left(LATENCY_BUCKETS, seconds)}"] += 1
+        self.seconds[command_type] += seconds
+
+    def published(self, count: int) -> None:
+        self.fields["published"] += count
+
+    async def flush(self) -> None:
+        """Adds the counts into the Redis hash; on failure keeps them for the next flush."""
+        if not (self.fields or self.seconds):
+            return
+        fields, seconds = self.fields, self.seconds
+        self.fields, self.seconds = Counter(), Counter()
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S), self.redis.pipeline(transaction=True) as pipe:
+                for field, count in fields.items():
+                    pipe.hincrby(self.key, field, count)
+                for command_type, total in seconds.items():
+                    pipe.hincrbyfloat(self.key, f"latency_sum:{command_type}", total)
+                await pipe.execute()
+        except Exception as error:  # noqa: BLE001 - counted again at the next flush
+            self.fields.update(fields)
+            self.seconds.update(seconds)
+            logger.warning("could not add metrics to Redis (%r); kept for the next flush", error)
+
+
+_BY_ENGINE: WeakKeyDictionary[Engine, Counts] = WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def flushing(counts: Counts) -> AsyncIterator[None]:
+    """Adds this process's counts to Redis every second while the app runs, and once more when it stops."""
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await counts.flush()
+
+    task = asyncio.create_task(flush_forever(), name="widgetry-metrics-flush")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await counts.flush()
+
+
+class DomainCollector(Collector):
+    """The service's metrics as read at one scrape."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] | None = None
+        self.queue: QueueStatus | None = None
+        self.backlog: tuple[int, float, int] | None = None
+        self.subscribers = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._sources()
+        if self.totals is not None:
+            yield from self._totals(self.totals)
+        if self.queue is not None:
+            jobs = GaugeMetricFamily(f"{PREFIX}_queue_jobs", "SAQ jobs by state.", labels=["state"])
+            for state in ("queued", "active", "scheduled"):
+                jobs.add_metric([state], getattr(self.queue, state))
+            yield jobs
+            yield GaugeMetricFamily(
+                f"{PREFIX}_workers", "SAQ workers with a live heartbeat.", value=len(self.queue.heartbeats)
+            )
+        if self.backlog is not None:
+            unfinished, oldest_age, unpublished = self.backlog
+            yield GaugeMetricFamily(
+                f"{PREFIX}_commands_unfinished", "Commands accepted and not yet finished.", value=unfinished
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_oldest_unfinished_command_age_seconds",
+                "Age of the oldest command accepted and not yet finished (0 when there is none).",
+                value=oldest_age,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_relay_backlog_events", "Events committed and not yet on the stream.", value=unpublished
+            )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_sse_subscribers", "Open event streams in this web process.", value=self.subscribers
+        )
+
+    def _sources(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            f"{PREFIX}_scrape_source_up", "Whether this scrape could read the source (1) or not (0).", labels=["source"]
+        )
+        up.add_metric(["redis"], int(self.totals is not None and self.queue is not None))
+        up.add_metric(["database"], int(self.backlog is not None))
+        yield up
+
+    def _totals(self, totals: dict[str, float]) -> Iterator[Metric]:
+        families = {
+            kind: CounterMetricFamily(f"{PREFIX}_commands_{kind}", help_text, labels=["type"])
+            for kind, help_text in (
+                ("accepted", "Commands recorded and queued (202)."),
+                ("applied", "Commands that took effect."),
+                ("failed", "Commands that ended failed."),
+            )
+        }
+        buckets: dict[str, list[float]] = {}
+        for field, value in totals.items():
+            kind, _, rest = field.partition(":")
+            if kind in families:
+                families[kind].add_metric([rest], value)
+            elif kind == "latency":
+                command_type, _, index = rest.rpartition(":")
+                buckets.setdefault(command_type, [0.0] * len(LATENCY_BUCKETS))[int(index)] = value
+        yield from families.values()
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_command_apply_seconds", "Seconds from a command accepted to finished.", labels=["type"]
+        )
+        for command_type, counts in sorted(buckets.items()):
+            cumulative = [sum(counts[: index + 1]) for index in range(len(counts))]
+            latency.add_metric(
+                [command_type],
+                [(_bound(bound), count) for bound, count in zip(LATENCY_BUCKETS, cumulative, strict=True)],
+                sum_value=totals.get(f"latency_sum:{command_type}", 0.0),
+            )
+        yield latency
+        yield CounterMetricFamily(
+            f"{PREFIX}_events_published", "Events put on the stream.", value=totals.get("published", 0)
+        )
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+async def read_totals(redis: Redis, key: str) -> dict[str, float]:
+    raw = await redis.hgetall(key)
+    return {_text(field): float(value) for field, value in raw.items()}
+
+
+async def read_backlog(engine: AsyncEngine) -> tuple[int, float, int]:
+    """Unfinished commands (an import's rows excepted), the oldest one's age, and events not yet on the stream: all
+    read through partial or status indexes, so the cost follows the backlog, not the tables."""
+    async with engine.connect() as connection:
+        unfinished, oldest = (
+            await connection.execute(
+                select(func.count(), func.min(CommandRecord.accepted_at)).where(
+                    CommandRecord.status.in_(UNFINISHED), CommandRecord.parent_id.is_(None)
+                )
+            )
+        ).one()
+        unpublished = await connection.scalar(
+            select(func.count()).select_from(EventRecord).where(EventRecord.stream_id.is_(None))
+        )
+    age = max(0.0, time.time() - _as_utc(oldest).timestamp()) if oldest is not None else 0.0
+    return unfinished, age, unpublished or 0
+
+
+def _as_utc(moment: datetime | str) -> datetime:
+    """SQLite hands a bare aggregate back as text, without the column type that would parse it."""
+    parsed = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _within(timeout: float, read: Any, source: str) -> Any:
+    try:
+        async with asyncio.timeout(timeout):
+            return await read
+    except Exception as error:  # noqa: BLE001 - reported as that source being down, never as a failed scrape
+        logger.warning("metrics: cannot read %s (%r)", source, error)
+        return None
+
+
+async def scrape(state: State) -> DomainCollector:
+    connections = state.connections
+    counts = Counts.of(connections)
+    queue: RedisQueue = state.queue
+    collector = DomainCollector()
+    collector.subscribers = state.hub.subscriber_count
+
+    async def redis_side() -> tuple[dict[str, float], QueueStatus]:
+        await counts.flush()
+        return await read_totals(connections.redis, counts.key), await queue_status(queue)
+
+    redis_read, collector.backlog = await asyncio.gather(
+        _within(SCRAPE_TIMEOUT_S, redis_side(), "Redis"),
+        _within(SCRAPE_TIMEOUT_S, read_backlog(connections.alchemy.get_engine()), "the database"),
+    )
+    if redis_read is not None:
+        collector.totals, collector.queue = redis_read
+    return collector
+
+
+class MetricsController(PrometheusController):
+    """Litestar's Prometheus endpoint, with the service's own metrics read (from Redis and the database) per scrape.
+
+    Litestar's handler renders the process-wide registry only; the domain metrics need an await before rendering,
+    which a prometheus-client collector (synchronous) cannot do, so they are rendered from a registry of this scrape.
+    """
+
+    @get(include_in_schema=False)
+    async def get(self, state: State) -> Response[bytes]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(await scrape(state))
+        body = generate_latest(REGISTRY) + generate_latest(registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def prometheus_config() -> PrometheusConfig:
+    # Paths grouped by route (`/widgets/{sku}`), or every sku would make a time series of its own.
+    return PrometheusConfig(app_name="widgetry", prefix="widgetry_http", group_path=True, exclude=[r"^/metrics$"])

@@ -1,0 +1,89 @@
+"""What happens to each command, counted (metrics) and told (one log line per step, each carrying its `command_id`):
+`command.accepted` in the web process, `command.applied` or `command.failed` where it was applied, and
+`event.published` for each of its events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import event
+from sqlalchemy.orm import Session, attributes
+
+from widgetry.domain.models import CommandRecord
+from widgetry.observability import tracing
+from widgetry.observability.metrics import OUTCOMES, Counts
+
+if TYPE_CHECKING:
+    from widgetry.connections import Connections
+    from widgetry.domain.models import EventRecord
+    from widgetry.services.events import Publish
+
+log = structlog.get_logger()
+LOGGER = "widgetry.commands"
+"""The `logger` these lines name, as the standard library's lines name theirs."""
+
+_FINISHED_KEY = "widgetry.finished_commands"
+
+
+def accepted(connections: Connections, record: CommandRecord) -> None:
+    Counts.of(connections).accepted(record.type)
+    log.info("command.accepted", logger=LOGGER, command_id=str(record.id), type=record.type, sku=record.sku)
+
+
+def observed(connections: Connections) -> Publish:
+    """The publisher, counting and telling each event it put on the stream."""
+    publish, counts = connections.publisher.publish, Counts.of(connections)
+
+    async def publish_and_tell(records: Sequence[EventRecord]) -> list[str]:
+        with tracing.span("widgetry publish", events=len(records)):
+            stream_ids = await publish(records)
+        counts.published(len(stream_ids))
+        for record, stream_id in zip(records, stream_ids, strict=True):
+            log.info(
+                "event.published",
+                logger=LOGGER,
+                command_id=str(record.command_id),
+                event_type=record.type,
+                sku=record.sku,
+                stream_id=stream_id,
+            )
+        return stream_ids
+
+    return publish_and_tell
+
+
+# A command finishes wherever a session commits its status (a batch applied, an import ended, a job given up on):
+# watching sessions sees each one exactly once, whichever service did it, and only once it is committed.
+@event.listens_for(Session, "after_flush")
+def _note_finished(session: Session, _context: Any) -> None:
+    for record in session.dirty:
+        if (
+            isinstance(record, CommandRecord)
+            and record.parent_id is None  # an import's rows are counted as their import
+            and record.status in OUTCOMES
+            and attributes.get_history(record, "status").added
+        ):
+            seconds = ((record.finished_at or datetime.now(UTC)) - record.accepted_at).total_seconds()
+            session.info.setdefault(_FINISHED_KEY, {})[record.id] = (record.type, record.status, seconds)
+
+
+@event.listens_for(Session, "after_commit")
+def _count_finished(session: Session) -> None:
+    if session.in_nested_transaction() or not (finished := session.info.pop(_FINISHED_KEY, None)):
+        return
+    counts = Counts.of_session(session)
+    for command_id, (command_type, status, seconds) in finished.items():
+        if counts is not None:
+            counts.finished(command_type, status, seconds)
+        log.info(
+            f"command.{OUTCOMES[status]}", logger=LOGGER, command_id=str(command_id), type=command_type, seconds=seconds
+        )
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_finished(session: Session, previous: Any) -> None:
+    if not previous.nested:
+        session.info.pop(_FINISHED_KEY, None)

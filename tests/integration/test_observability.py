@@ -1,0 +1,54 @@
+"""`/metrics` with the worker in a process of its own: what it applies shows on the web process's scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.backends import REDIS_URL
+from tests.integration.test_processes import compose_command
+from tests.support import API_KEY, Process, Server, eventually
+from tests.unit.test_metrics import assert_scripted_run_counted, samples, scripted_run
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def web_and_worker(empty_database: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Process]]:
+    env = {
+        "DATABASE_URL": empty_database,
+        "REDIS_URL": REDIS_URL,
+        "WIDGETRY_REDIS_PREFIX": redis_prefix,
+        "WIDGETRY_API_KEYS": API_KEY,
+        "WIDGETRY_WORKERS": "external",
+        "WIDGETRY_LOG_FORMAT": "json",
+    }
+    worker = Process(compose_command("worker"), env, tmp_path, "worker")
+    web = Server(env, tmp_path, "web", args=compose_command("web"))
+    yield web, worker
+    for process in (web, worker):
+        process.stop()
+
+
+async def test_metrics_count_what_a_separate_worker_applied(web_and_worker: tuple[Server, Process]) -> None:
+    web, worker = web_and_worker
+    async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+        assert await scripted_run(client) == [200, 200, 200, 200, 409, 200], worker.output
+
+        async def all_finished_counted() -> bool:
+            found = samples((await client.get("/metrics")).text)
+            return (
+                sum(value for (name, _), value in found.items() if name.endswith(("_applied_total", "_failed_total")))
+                >= 6
+            )
+
+        await eventually(all_finished_counted, 10, "the worker's counts on the web process's /metrics")
+        found = samples((await client.get("/metrics")).text)
+        ready = (await client.get("/ready")).json()
+
+    assert_scripted_run_counted(found)
+    assert found[("widgetry_workers", ())] == 1
+    assert ready["workers"]["mode"] == "external" and len(ready["workers"]["heartbeats"]) == 1

@@ -1,0 +1,70 @@
+"""Structured logs: one command is found from request to event by its `command_id`, in JSON lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support import API_KEY, AUTH, WAIT, Server, wait_until
+from widgetry.observability.logs import writes_json
+from widgetry.settings import LogFormat, Settings
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_one_command_is_found_from_request_to_event_by_its_id(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    try:
+        created = httpx.post(
+            f"{server.url}/widgets", json={"sku": "L-1", "name": "Logged", "price_cents": 5}, headers=AUTH | WAIT
+        )
+        command_id = created.json()["id"]
+
+        def told() -> list[str]:
+            return [line["event"] for line in json_lines(server.output) if line.get("command_id") == command_id]
+
+        wait_until(lambda: "event.published" in told(), 10, f"the published line\n{server.output}")
+    finally:
+        server.stop()
+
+    assert created.status_code == 200
+    assert told() == ["command.accepted", "command.applied", "event.published"]
+    lines = {line["event"]: line for line in json_lines(server.output) if line.get("command_id") == command_id}
+    assert lines["command.accepted"] | {"timestamp": None} == lines["command.accepted"] | {
+        "type": "create_widget",
+        "sku": "L-1",
+        "level": "info",
+        "timestamp": None,
+    }
+    assert lines["event.published"]["event_type"] == "widget.created"
+    # The standard library's lines (here the migrations run on start) come out in the same shape.
+    assert any(line["logger"].startswith("alembic") for line in json_lines(server.output)), server.output
+
+
+def test_failed_commands_are_told_with_their_outcome(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    try:
+        missing = httpx.delete(f"{server.url}/widgets/NOPE-1", headers=AUTH | WAIT)
+        command_id = missing.headers["Location"].rsplit("/", 1)[-1]
+
+        def told() -> list[str]:
+            return [line["event"] for line in json_lines(server.output) if line.get("command_id") == command_id]
+
+        wait_until(lambda: "event.published" in told(), 10, f"the published line\n{server.output}")
+    finally:
+        server.stop()
+
+    assert missing.status_code == 404
+    assert told() == ["command.accepted", "command.failed", "event.published"]
+
+
+def test_log_format_follows_the_setting_and_else_the_terminal() -> None:
+    assert writes_json(Settings(log_format=LogFormat.JSON))
+    assert not writes_json(Settings(log_format=LogFormat.CONSOLE))
+    # Under pytest stderr is captured, not a terminal: auto means JSON.
+    assert writes_json(Settings())
