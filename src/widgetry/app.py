@@ -114,7 +114,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "queue": queue,
                 "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
-                "api_keys": ApiKeys(settings.effective_api_keys),
+                "api_keys": ApiKeys(
+                    settings.effective_api_keys, connections.alchemy, ttl=settings.api_key_cache_seconds
+                ),
             }
         ),
         lifespan=[_lifespan],

@@ -1,7 +1,7 @@
 """`widgetry`: Litestar's CLI with the app preset, plus `run`, `workers run --concurrency` and `commands ...`.
 
 Advanced Alchemy contributes `database ...` and litestar-saq `workers ...`; this plugin adjusts two commands and
-adds the operator's `commands failed` and `commands retry`.
+adds the operator's `commands show|failed|retry`, `events tail` and `keys create|list|revoke`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
@@ -22,18 +22,20 @@ from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
 
 from widgetry.bench.command import bench_command
+from widgetry.client import DEFAULT_URL, STREAM_RESET, URL_VARIABLE, AsyncWidgetryClient, Event, ProblemError
 from widgetry.connections import is_unavailable
 from widgetry.domain.models import EventRecord
 from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.events import EventService
 from widgetry.services.intake import dispatch
+from widgetry.services.keys import ApiKeyService, KeyNameTaken, KeyNotFound
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
     from widgetry.connections import Connections
-    from widgetry.domain.models import CommandRecord
+    from widgetry.domain.models import ApiKey, CommandRecord
     from widgetry.settings import Settings
 
 APP_PATH = "widgetry.app:create_app"
@@ -56,6 +58,8 @@ class WidgetryCLIPlugin(CLIPlugin):
         cli.add_command(run_command)
         cli.add_command(commands_group)
         cli.add_command(bench_command)
+        cli.add_command(events_group)
+        cli.add_command(keys_group)
         workers = cli.commands.get("workers")
         if isinstance(workers, click.Group) and "run" in workers.commands:
             saq_run = workers.commands["run"]
@@ -312,5 +316,152 @@ def _table(commands: list[FailedCommand]) -> str:
         )
         for command in commands
     ]
+    return _columns(rows)
+
+
+@click.group(name="events", help="Follow the event stream.")
+def events_group() -> None:
+    """The stream as an operator watches it: through the Python client, over HTTP, from any machine."""
+
+
+SHOWN_DATA_CHARS = 100
+OMITTED_DATA = frozenset({"sku", "version", "created_at", "updated_at"})
+"""Said elsewhere on an event's line already, or noise there."""
+
+
+@events_group.command(
+    name="tail",
+    help="Print events as they happen, for ever, resuming where it left off after a disconnect or a server restart.",
+)
+@click.option("--url", envvar=URL_VARIABLE, default=DEFAULT_URL, show_default=True, help="The service [WIDGETRY_URL].")
+@click.option("--api-key", envvar="WIDGETRY_API_KEY", help="Needed when reads are protected [WIDGETRY_API_KEY].")
+@click.option("--sku", "skus", multiple=True, help="Only this sku's events (repeatable).")
+@click.option("--since", metavar="ID", help="Start after this event id (an earlier line's), not at the live end.")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object per line.")
+def tail_events(url: str, api_key: str | None, skus: tuple[str, ...], since: str | None, as_json: bool) -> None:
+    async def follow() -> None:
+        async with AsyncWidgetryClient(url, api_key) as client:
+            async for event in client.events(sku=skus or None, last_event_id=since):
+                click.echo(msgspec.json.encode(event).decode() if as_json else _event_line(event))
+
+    try:
+        asyncio.run(follow())
+    except ProblemError as refused:
+        raise click.ClickException(f"{url} refused the event stream: {refused}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+def _event_line(event: Event) -> str:
+    if event.type == STREAM_RESET:
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        return f"{now}  {STREAM_RESET}  the stream no longer holds where this left off: events may have been missed"
+    shown = {name: value for name, value in event.data.items() if name not in OMITTED_DATA}
+    data = " ".join(f"{name}={msgspec.json.encode(value).decode()}" for name, value in shown.items())
+    if len(data) > SHOWN_DATA_CHARS:
+        data = data[: SHOWN_DATA_CHARS - 3] + "..."
+    fields = (
+        event.occurred_at.isoformat(timespec="milliseconds") if event.occurred_at else "-",
+        event.type.ljust(17),
+        event.sku or "-",
+        f"v{event.version}" if event.version is not None else "-",
+        f"command {event.command_id}",
+        data or "-",
+        f"[{event.id}]",
+    )
+    return "  ".join(fields)
+
+
+@click.group(cls=LitestarGroup, name="keys", help="Make, list and revoke the API keys kept in the database.")
+def keys_group() -> None:
+    """Keys beside `WIDGETRY_API_KEYS`: each shown once when made, stored as a digest, revocable on its own."""
+
+
+class ListedKey(msgspec.Struct, frozen=True):
+    name: str
+    fingerprint: str
+    """The start of the key's SHA-256: enough to tell keys apart and to revoke one, nothing to sign in with."""
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ListedKey:
+        return cls(key.name, key.digest[:FINGERPRINT_CHARS], key.created_at, key.last_used_at, key.revoked_at)
+
+
+FINGERPRINT_CHARS = 12
+
+
+@keys_group.command(name="create", help="Make a key and print it, once: only its digest is stored.")
+@click.option("--name", help="What the key is for [default: key-<fingerprint>].")
+def create_key(app: Litestar, name: str | None) -> None:
+    async def create(connections: Connections) -> tuple[ApiKey, str]:
+        async with connections.alchemy.get_session() as session:
+            try:
+                return await ApiKeyService(session=session).issue(name)
+            except KeyNameTaken as taken:
+                raise click.ClickException(str(taken)) from None
+
+    record, key = _run_migrated(app, create)
+    click.echo(f"Key {record.name!r} (fingerprint {record.digest[:FINGERPRINT_CHARS]}); it is not shown again:")
+    click.echo(key)
+
+
+@keys_group.command(name="list", help="List the stored keys (never the keys themselves), oldest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
+def list_keys(app: Litestar, as_json: bool) -> None:
+    async def listed(connections: Connections) -> list[ListedKey]:
+        async with connections.alchemy.get_session() as session:
+            return [ListedKey.of(key) for key in await ApiKeyService(session=session).listed()]
+
+    keys = _run_migrated(app, listed)
+    if as_json:
+        click.echo(msgspec.json.encode(keys).decode())
+        return
+    rows = [("NAME", "FINGERPRINT", "CREATED", "LAST USED", "REVOKED")]
+    rows += [
+        (key.name, key.fingerprint, *(_when(moment) for moment in (key.created_at, key.last_used_at, key.revoked_at)))
+        for key in keys
+    ]
+    click.echo(_columns(rows) if keys else "No stored keys.")
+    if configured := len(app.state.settings.api_keys):
+        click.echo(f"Also accepted: {configured} key(s) from WIDGETRY_API_KEYS.")
+
+
+@keys_group.command(name="revoke", help="Revoke a stored key, named or by the start of its fingerprint.")
+@click.argument("key", metavar="NAME-OR-FINGERPRINT")
+def revoke_key(app: Litestar, key: str) -> None:
+    settings: Settings = app.state.settings
+
+    async def revoke(connections: Connections) -> ApiKey:
+        async with connections.alchemy.get_session() as session:
+            try:
+                return await ApiKeyService(session=session).revoke(key)
+            except KeyNotFound as missing:
+                raise click.ClickException(str(missing)) from None
+
+    record = _run_migrated(app, revoke)
+    click.echo(
+        f"Key {record.name!r} (fingerprint {record.digest[:FINGERPRINT_CHARS]}) is revoked since "
+        f"{_when(record.revoked_at)}: web processes refuse it within {settings.api_key_cache_seconds:g} s."
+    )
+
+
+def _run_migrated(app: Litestar, work: Callable[[Connections], Awaitable[T]]) -> T:
+    """`_run`, on SQLite after migrating it as the server does when it starts: keys may be made before it ever has."""
+    settings: Settings = app.state.settings
+    if settings.uses_sqlite:
+        from widgetry.app import upgrade_database  # noqa: PLC0415 - the app module imports this one
+
+        upgrade_database(settings)
+    return _run(app, work)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "-"
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(map(str.ljust, row, widths)).rstrip() for row in rows)

@@ -4,42 +4,101 @@ are registered again."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
+from widgetry.services.keys import ApiKeyService, digest
+
+if TYPE_CHECKING:
+    from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+
+REFUSED_CACHE_SIZE = 10_000
+"""Refused fingerprints remembered at most: bounds the memory that made-up keys can take."""
+
 
 class ApiKeys:
-    """Holds only digests of the keys, so a key is never kept or logged in the clear after start-up."""
+    """The keys accepted on writes: those of the settings (`WIDGETRY_API_KEYS`), and those made with `widgetry keys
+    create` that are not revoked. Only digests are held, so a key is never kept or logged in the clear.
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = tuple(_digest(key) for key in keys)
+    A stored key is looked up once and then trusted for `ttl` seconds (so a revoke takes effect within that), and an
+    unknown key is refused from memory for as long (so one bad key sent again and again costs one query, not one
+    per request; keys made up afresh each time are the rate limiter's business).
+    """
+
+    def __init__(self, keys: Iterable[str], alchemy: SQLAlchemyAsyncConfig | None = None, ttl: float = 5.0) -> None:
+        self._digests = tuple(digest(key) for key in keys)
+        self._alchemy = alchemy
+        self._ttl = ttl
+        self._stored: dict[str, float] = {}
+        """Accepted stored keys' fingerprints, each with the time its acceptance must be checked again."""
+        self._refused: dict[str, float] = {}
+        """Unknown or revoked fingerprints, each with the time the refusal expires, oldest first."""
 
     async def authenticate(self, presented: str | None) -> str | None:
         """The fingerprint of the presented key if it is accepted, else `None`."""
-        return self.fingerprint(presented)
+        if not presented:
+            return None
+        fingerprint = digest(presented)
+        if self._configured(fingerprint) or await self._stored_is_active(fingerprint):
+            return fingerprint
+        return None
 
     async def is_active(self, fingerprint: str) -> bool:
         """Whether the key with this fingerprint is still accepted (a session signed in with a key ends with it)."""
-        return any([hmac.compare_digest(fingerprint, known.hex()) for known in self._digests])  # noqa: C419
+        return self._configured(fingerprint) or await self._stored_is_active(fingerprint)
 
     def accepts(self, presented: str | None) -> bool:
         return self.fingerprint(presented) is not None
 
     def fingerprint(self, presented: str | None) -> str | None:
         """The hex digest of an accepted key, to name it where it must be told apart from others (per-key limits)
-        without writing the key itself anywhere; `None` for a missing or unknown key."""
+        without writing the key itself anywhere; `None` for a missing or unknown key.
+
+        Synchronous, from memory: a stored key counts once a request has authenticated with it in this process, and
+        until a check finds it revoked."""
         if not presented:
             return None
-        digest = _digest(presented)
+        fingerprint = digest(presented)
+        return fingerprint if self._configured(fingerprint) or fingerprint in self._stored else None
+
+    def _configured(self, fingerprint: str) -> bool:
         # Compare against every key, so the time taken does not tell which one nearly matched.
-        if any([hmac.compare_digest(digest, known) for known in self._digests]):  # noqa: C419
-            return digest.hex()
-        return None
+        return any([hmac.compare_digest(fingerprint, known) for known in self._digests])  # noqa: C419
+
+    async def _stored_is_active(self, fingerprint: str) -> bool:
+        if self._alchemy is None:
+            return False
+        now = time.monotonic()
+        if (recheck := self._stored.get(fingerprint)) is not None and now < recheck:
+            return True
+        if (refused := self._refused.get(fingerprint)) is not None and now < refused:
+            return False
+        async with self._alchemy.get_session() as session:
+            active = await ApiKeyService(session=session).check(fingerprint)
+        now = time.monotonic()
+        if active:
+            self._stored[fingerprint] = now + self._ttl
+            self._refused.pop(fingerprint, None)
+        else:
+            self._stored.pop(fingerprint, None)
+            self._refuse(fingerprint, now)
+        return active
+
+    def _refuse(self, fingerprint: str, now: float) -> None:
+        self._refused.pop(fingerprint, None)
+        self._refused[fingerprint] = now + self._ttl
+        # Entries are kept in the order they expire: drop the expired ones, and the oldest past the cap.
+        while self._refused:
+            oldest, expires = next(iter(self._refused.items()))
+            if expires > now and len(self._refused) <= REFUSED_CACHE_SIZE:
+                break
+            del self._refused[oldest]
 
 
 def presented_key(connection: ASGIConnection) -> str | None:
@@ -81,7 +140,3 @@ def _unauthorized() -> NotAuthorizedException:
         "A valid API key is required: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'.",
         headers={"WWW-Authenticate": 'Bearer realm="widgetry"'},
     )
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()

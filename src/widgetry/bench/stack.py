@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 
-import msgspec
+import httpx
 
-from widgetry.bench.http import TRANSPORT_ERRORS, Connection, Endpoint
+from widgetry.client import AsyncWidgetryClient, ProblemError
 
 STOP_TIMEOUT_S = 15
 """SIGTERM, then SIGKILL after this long (a web process drains for up to 5 s)."""
@@ -28,6 +28,7 @@ READY_TIMEOUT_S = 60
 WARM_UP_TIMEOUT_S = 60
 WARM_UP_WAIT_S = 10
 POLL_S = 0.2
+READY_REQUEST_TIMEOUT_S = 5
 SSE_CONNECTIONS_PER_CLIENT = 1_000_000
 """Every subscriber and idle connection comes from this one address."""
 
@@ -121,20 +122,18 @@ class Stack:
 
     async def _ready(self, service: Service, url: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if (exited := self.exited()) is not None:
-                raise StackFailed(exited)
-            connection = Connection(Endpoint.of(url))
-            try:
-                if (await connection.request("GET", "/ready")).status == 200:
-                    return
-            except TRANSPORT_ERRORS:
-                pass
-            finally:
-                connection.close()
-            if time.monotonic() > deadline:
-                raise StackFailed(f"{service.name} not ready after {READY_TIMEOUT_S} s; see {service.log}")
-            await asyncio.sleep(POLL_S)
+        async with AsyncWidgetryClient(url, timeout=READY_REQUEST_TIMEOUT_S) as client:
+            while True:
+                if (exited := self.exited()) is not None:
+                    raise StackFailed(exited)
+                try:
+                    if await client.ready():
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise StackFailed(f"{service.name} not ready after {READY_TIMEOUT_S} s; see {service.log}")
+                await asyncio.sleep(POLL_S)
 
     def exited(self) -> str | None:
         """Which process has ended, if one has: a stack that loses one mid-run is broken."""
@@ -167,22 +166,18 @@ def free_port() -> int:
 
 
 async def warm_up(url: str, api_key: str, run_id: str) -> None:
-    """Sends a create with `Prefer: wait` until one is answered 200: applied, so a worker is up and consuming.
-    A 202 means it was not applied within the wait (a worker still starting): the next one queues behind it."""
-    connection = Connection(Endpoint.of(url), {"X-API-Key": api_key, "Content-Type": "application/json"})
+    """Sends a create with `Prefer: wait` until one comes back applied, so a worker is up and consuming. One still
+    unfinished after the wait (a worker still starting) leaves the next queued behind it."""
     deadline = time.monotonic() + WARM_UP_TIMEOUT_S
-    try:
-        for attempt in count():
-            body = msgspec.json.encode({"sku": f"warmup-{run_id}-{attempt}", "name": "bench warm-up", "price_cents": 0})
-            reply = await connection.request("POST", "/widgets", body, {"Prefer": f"wait={WARM_UP_WAIT_S}"})
-            if reply.status == 200:
-                return
-            if reply.status != 202:
-                answer = reply.body[:300].decode(errors="replace")
-                raise StackFailed(f"the warm-up write to {url} was answered {reply.status}: {answer}")
-            if time.monotonic() > deadline:
-                raise StackFailed(f"no worker applied a warm-up write within {WARM_UP_TIMEOUT_S} s")
-    except TRANSPORT_ERRORS as error:
-        raise StackFailed(f"the warm-up write to {url} got no answer: {error!r}") from error
-    finally:
-        connection.close()
+    async with AsyncWidgetryClient(url, api_key) as client:
+        try:
+            for attempt in count():
+                command = await client.create(f"warmup-{run_id}-{attempt}", "bench warm-up", 0, wait=WARM_UP_WAIT_S)
+                if command.status == "succeeded":
+                    return
+                if time.monotonic() > deadline:
+                    raise StackFailed(f"no worker applied a warm-up write within {WARM_UP_TIMEOUT_S} s")
+        except ProblemError as refused:
+            raise StackFailed(f"the warm-up write to {url} was answered {refused}") from refused
+        except httpx.TransportError as error:
+            raise StackFailed(f"the warm-up write to {url} got no answer: {error!r}") from error

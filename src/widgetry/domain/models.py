@@ -128,3 +128,18 @@ class EventRecord(BigIntBase):
     occurred_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
     data: Mapped[dict[str, Any]] = mapped_column(JsonB)
     stream_id: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class ApiKey(UUIDv7Base):
+    """A key made by `widgetry keys create`: only its digest is stored, the key itself is shown once. Revoked keys
+    stay, so their names and fingerprints still mean something in the list."""
+
+    __tablename__ = "api_keys"
+
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    """The hex SHA-256 of the key: its fingerprint, as the rate limits and idempotency keys know it."""
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    """When a web process last checked it against this table: to within the key cache's lifetime."""
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
