@@ -26,6 +26,7 @@ from widgetry.client import DEFAULT_URL, STREAM_RESET, URL_VARIABLE, AsyncWidget
 from widgetry.connections import is_unavailable
 from widgetry.domain.models import EventRecord
 from widgetry.domain.problems import PROBLEM_BASE
+from widgetry.observability.logs import uvicorn_log_config
 from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.events import EventService
 from widgetry.services.intake import dispatch
@@ -81,7 +82,13 @@ def run_command(app: Litestar, host: str, port: int, log_level: str) -> None:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=uvicorn_log_config(app.state.settings),
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     Server(config).run()
 

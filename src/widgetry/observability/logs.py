@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 from litestar.logging.config import LoggingConfig, StructLoggingConfig
@@ -21,22 +22,28 @@ from widgetry.settings import LogFormat, Settings
 TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
+def _drop_color_message(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """Uvicorn passes its message again with terminal colour codes as an extra; the line has it already."""
+    event.pop("color_message", None)
+    return event
+
+
 def writes_json(settings: Settings) -> bool:
     if settings.log_format is LogFormat.AUTO:
         return not sys.stderr.isatty()
     return settings.log_format is LogFormat.JSON
 
 
-def structlog_plugin(settings: Settings) -> StructlogPlugin:
-    as_json = writes_json(settings)
-    level = logging.getLevelNamesMapping()[settings.log_level]
+def _render(settings: Settings) -> list[structlog.typing.Processor]:
+    if writes_json(settings):
+        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     # The console renderer formats exceptions itself, with their traceback.
-    render: list[structlog.typing.Processor] = (
-        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-        if as_json
-        else [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and settings.log_format is LogFormat.AUTO)]
-    )
-    formatter = {
+    return [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and settings.log_format is LogFormat.AUTO)]
+
+
+def _standard_library_formatter(settings: Settings) -> dict[str, Any]:
+    """The `logging` formatter that renders the standard library's records as structlog renders its own lines."""
+    return {
         "()": structlog.stdlib.ProcessorFormatter,
         "foreign_pre_chain": [
             structlog.contextvars.merge_contextvars,
@@ -44,11 +51,31 @@ def structlog_plugin(settings: Settings) -> StructlogPlugin:
             structlog.stdlib.add_log_level,
             TIMESTAMP,
             structlog.stdlib.ExtraAdder(),
+            _drop_color_message,
         ],
-        "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_render(settings)],
     }
+
+
+def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
+    """Uvicorn's own lines (start-up, access, shutdown) in the same format as the rest. Written straight to stderr
+    rather than through the app's queue of log records, which stops with the app: uvicorn's last lines come after."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structured": _standard_library_formatter(settings)},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "structured", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {name: {"handlers": ["stderr"], "propagate": False} for name in ("uvicorn", "uvicorn.access")},
+    }
+
+
+def structlog_plugin(settings: Settings) -> StructlogPlugin:
+    render = _render(settings)
+    level = logging.getLevelNamesMapping()[settings.log_level]
     standard_library = LoggingConfig(
-        formatters={"standard": formatter},
+        formatters={"standard": _standard_library_formatter(settings)},
         root={"handlers": ["queue_listener"], "level": settings.log_level},
         loggers={
             "litestar": {"level": settings.log_level, "handlers": ["queue_listener"], "propagate": False},
@@ -66,7 +93,7 @@ def structlog_plugin(settings: Settings) -> StructlogPlugin:
                 logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
                 wrapper_class=structlog.make_filtering_bound_logger(level),
                 standard_lib_logging_config=standard_library,
-                pretty_print_tty=not as_json,
+                pretty_print_tty=not writes_json(settings),
             ),
             # Litestar's request logging writes a line per request with its headers and body: a real share of a
             # write's cost at a thousand a second. Each command's own lines say what a request did.
