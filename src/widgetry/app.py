@@ -41,6 +41,8 @@ from widgetry.api.widgets import (
 )
 from widgetry.cli import WidgetryCLIPlugin
 from widgetry.connections import Connections, build_alchemy
+from widgetry.dashboard.routes import dashboard_routers, template_config
+from widgetry.dashboard.sessions import SESSION_STORE, session_store
 from widgetry.observability.logs import structlog_plugin
 from widgetry.observability.metrics import Counts, MetricsController, flushing, prometheus_config
 from widgetry.observability.tracing import tracing_plugins
@@ -93,10 +95,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 opt={RATE_LIMIT_EXEMPT: True},
             ),
             Router("/", route_handlers=[MetricsController], opt={RATE_LIMIT_EXEMPT: True}),
+            *dashboard_routers(settings),
         ],
         dependencies=DEPENDENCIES,
         middleware=[prometheus_config().middleware, *([rate_limit.middleware] if rate_limit else [])],
-        stores={RATE_LIMIT_STORE: rate_limit_store(connections.redis, settings)} if rate_limit else None,
+        stores={
+            SESSION_STORE: session_store(connections.redis, settings),
+            **({RATE_LIMIT_STORE: rate_limit_store(connections.redis, settings)} if rate_limit else {}),
+        },
+        template_config=template_config(),
         cors_config=_cors_config(settings),
         plugins=[
             SQLAlchemyPlugin(config=connections.alchemy),

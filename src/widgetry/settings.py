@@ -77,6 +77,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     cors_origins: tuple[str, ...] = ()
     """Origins that browsers may call the API from; none (the default) sends no CORS headers at all."""
     debug: bool = False
+    session_cookie_secure: bool = False
+    """Send the dashboard's session cookie over HTTPS only; set it wherever the service is served over HTTPS."""
+    session_max_age_seconds: Positive = 8 * 3600
+    """How long a dashboard sign-in lasts (it also ends when its API key is revoked)."""
     log_level: LogLevel = "INFO"
     log_format: LogFormat = LogFormat.AUTO
     otel: bool = False
