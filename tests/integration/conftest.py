@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import app, database_url, empty_database, real_settings, redis_prefix
+from tests.backends import REDIS_URL, app, database_url, empty_database, real_settings, redis_prefix
+from tests.support import API_KEY
 
 __all__ = ["app", "database_url", "empty_database", "real_settings", "redis_prefix"]
 
@@ -15,3 +16,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(item.path).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def external_env(empty_database: str, redis_prefix: str) -> dict[str, str]:
+    """The environment of a deployment with external workers, on this run's database and this test's Redis prefix."""
+    return {
+        "DATABASE_URL": empty_database,
+        "REDIS_URL": REDIS_URL,
+        "WIDGETRY_REDIS_PREFIX": redis_prefix,
+        "WIDGETRY_API_KEYS": API_KEY,
+        "WIDGETRY_WORKERS": "external",
+    }

@@ -20,7 +20,7 @@ from litestar_saq import SAQPlugin
 from sqlalchemy import select, update
 
 from tests.support import API_KEY, AUTH, WAIT, free_port, serve
-from tests.unit.state import queued_jobs, stream, widget_row
+from tests.unit.state import queued_jobs, settled_stream, stream, widget_row
 from tests.unit.test_commands import SPROCKET, create, finished, redis_down
 from widgetry.app import create_app
 from widgetry.domain.models import CommandRecord, WidgetHead
@@ -115,7 +115,7 @@ async def test_failed_commands_are_listed_newest_first_and_a_retry_applies_one_e
         table = await widgetry("commands", "failed", env=env, cwd=tmp_path)
         retried = await widgetry("commands", "retry", first, env=env, cwd=tmp_path)
         command = await finished(client, f"/commands/{first}")
-        events = await stream(app)
+        events = await settled_stream(app)
         row = await widget_row(app, "SPR-1")
 
     assert listed.returncode == 0, listed.stderr
@@ -159,7 +159,7 @@ async def test_a_retried_command_takes_effect_after_the_commands_accepted_before
         retried = await widgetry("commands", "retry", failed_create, env=cli_env(real_settings), cwd=tmp_path)
         retried_create = await finished(client, f"/commands/{failed_create}")
         deleted = (await client.get(f"/commands/{pending_delete}")).json()
-        events = await stream(app)
+        events = await settled_stream(app)
         row = await widget_row(app, "SPR-1")
 
     assert retried.returncode == 0, retried.stderr
@@ -220,7 +220,7 @@ async def test_a_retry_while_redis_is_unreachable_stays_accepted_and_the_recover
         recorded = (await client.get(f"/commands/{command_id}")).json()
         await as_if_the_grace_had_passed(app, command_id)
         command = await finished(client, f"/commands/{command_id}")
-        events = await stream(app)
+        events = await settled_stream(app)
 
     assert retried.returncode == 0, retried.stderr
     assert "Redis could not be reached" in retried.stdout

@@ -8,24 +8,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backends import REDIS_URL
 from tests.integration.test_processes import compose_command
-from tests.support import API_KEY, Process, Server, eventually
+from tests.support import Process, Server, eventually
 from tests.unit.test_metrics import assert_scripted_run_counted, samples, scripted_run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def web_and_worker(empty_database: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Process]]:
-    env = {
-        "DATABASE_URL": empty_database,
-        "REDIS_URL": REDIS_URL,
-        "WIDGETRY_REDIS_PREFIX": redis_prefix,
-        "WIDGETRY_API_KEYS": API_KEY,
-        "WIDGETRY_WORKERS": "external",
-        "WIDGETRY_LOG_FORMAT": "json",
-    }
+def web_and_worker(external_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Server, Process]]:
+    env = external_env | {"WIDGETRY_LOG_FORMAT": "json"}
     worker = Process(compose_command("worker"), env, tmp_path, "worker")
     web = Server(env, tmp_path, "web", args=compose_command("web"))
     yield web, worker

@@ -15,8 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.backends import REDIS_URL
-from tests.support import API_KEY, AUTH, ROOT, WAIT, Process, Server, collect_events
+from tests.support import AUTH, ROOT, WAIT, Process, Server, collect_events
 
 
 def compose_command(service: str) -> list[str]:
@@ -27,14 +26,8 @@ def compose_command(service: str) -> list[str]:
 
 
 @pytest.fixture
-def stack(empty_database: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Server, Server, Process]]:
-    env = {
-        "DATABASE_URL": empty_database,
-        "REDIS_URL": REDIS_URL,
-        "WIDGETRY_REDIS_PREFIX": redis_prefix,
-        "WIDGETRY_API_KEYS": API_KEY,
-        "WIDGETRY_WORKERS": "external",
-    }
+def stack(external_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Server, Server, Process]]:
+    env = external_env
     worker = Process(compose_command("worker"), env, tmp_path, "worker")
     web_a = Server(env, tmp_path, "web-a", args=compose_command("web"))
     web_b = Server(env, tmp_path, "web-b", args=compose_command("web"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -12,12 +11,10 @@ import pytest
 from litestar import Litestar
 from litestar_saq import SAQPlugin
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import update
 
 from tests.support import API_KEY, AUTH, WAIT, eventually, serve
-from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
+from tests.unit.state import CommandRecord, count, outbox, stream, unpublish_everything, widget_row
 from widgetry.app import create_app
-from widgetry.domain.models import EventRecord
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
@@ -289,12 +286,7 @@ async def test_the_relay_publishes_events_committed_but_never_published(
     client: httpx.AsyncClient, app: Litestar
 ) -> None:
     await create(client)
-    redis, events_stream = app.state.connections.redis, app.state.settings.events_stream
-    await redis.delete(events_stream, *[key async for key in redis.scan_iter(f"{events_stream}:published:*")])
-    a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
-    async with app.state.connections.alchemy.get_session() as session:
-        await session.execute(update(EventRecord).values(stream_id=None, occurred_at=a_minute_ago))
-        await session.commit()
+    await unpublish_everything(app)
 
     relayed = await relay_unpublished({"connections": app.state.connections})
 

@@ -3,7 +3,6 @@ applied, every row ordered with the other commands on its sku."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -11,12 +10,11 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar_saq import SAQPlugin
-from sqlalchemy import update
+from saq.queue import Queue
 
 from tests.support import AUTH, WAIT
-from tests.unit.state import CommandRecord, count, outbox, stream, widget_row
+from tests.unit.state import CommandRecord, count, outbox, stream, unpublish_everything, widget_row
 from tests.unit.test_commands import finished, redis_down
-from widgetry.domain.models import EventRecord
 from widgetry.domain.problems import CommandFailed
 from workers.jobs import fail_import, relay_unpublished, requeue_unfinished
 
@@ -33,6 +31,19 @@ async def imported(client: httpx.AsyncClient, **request: Any) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def queue_of(app: Litestar) -> Queue:
+    return app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
+
+
+async def accepted_unqueued(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, Any]]
+) -> httpx.Response:
+    """An import recorded while Redis refuses to queue its job."""
+    with monkeypatch.context() as patched:
+        patched.setattr(queue_of(app), "enqueue", redis_down)
+        return await client.post("/widgets/imports", json={"widgets": rows}, headers=AUTH)
 
 
 async def test_a_json_import_creates_every_widget_and_reports_progress_then_completion(
@@ -213,13 +224,10 @@ async def test_an_import_needs_an_api_key(client: httpx.AsyncClient, app: Litest
 async def test_an_import_whose_enqueue_failed_is_run_by_the_recovery_pass(
     client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
-    with monkeypatch.context() as patched:
-        patched.setattr(queue, "enqueue", redis_down)
-        accepted = await client.post("/widgets/imports", json={"widgets": widgets(3)}, headers=AUTH)
+    accepted = await accepted_unqueued(client, app, monkeypatch, widgets(3))
     assert accepted.status_code == 202
 
-    requeued = await requeue_unfinished(app.state.connections, queue)
+    requeued = await requeue_unfinished(app.state.connections, queue_of(app))
 
     assert requeued == 1  # the import, not its three rows one by one
     command = await finished(client, accepted.headers["location"])
@@ -230,12 +238,7 @@ async def test_the_relay_publishes_an_imports_own_events_left_unpublished(
     client: httpx.AsyncClient, app: Litestar
 ) -> None:
     command = await imported(client, json={"widgets": widgets(2)})
-    redis, events_stream = app.state.connections.redis, app.state.settings.events_stream
-    await redis.delete(events_stream, *[key async for key in redis.scan_iter(f"{events_stream}:published:*")])
-    a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
-    async with app.state.connections.alchemy.get_session() as session:
-        await session.execute(update(EventRecord).values(stream_id=None, occurred_at=a_minute_ago))
-        await session.commit()
+    await unpublish_everything(app)
 
     await relay_unpublished({"connections": app.state.connections})
 
@@ -255,10 +258,7 @@ async def test_the_relay_publishes_an_imports_own_events_left_unpublished(
 async def test_an_import_that_cannot_finish_fails_with_its_rows_left_unapplied(
     client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
-    with monkeypatch.context() as patched:
-        patched.setattr(queue, "enqueue", redis_down)
-        accepted = await client.post("/widgets/imports", json={"widgets": widgets(2)}, headers=AUTH)
+    accepted = await accepted_unqueued(client, app, monkeypatch, widgets(2))
     import_id = UUID(accepted.json()["id"])
 
     await fail_import(app.state.connections, import_id, CommandFailed("The import could not be applied."))
