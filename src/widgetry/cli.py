@@ -7,6 +7,7 @@ adds the operator's `commands show|failed|retry`, `events tail` and `keys create
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -346,6 +347,9 @@ OMITTED_DATA = frozenset({"sku", "version", "created_at", "updated_at"})
 @click.option("--since", metavar="ID", help="Start after this event id (an earlier line's), not at the live end.")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object per line.")
 def tail_events(url: str, api_key: str | None, skus: tuple[str, ...], since: str | None, as_json: bool) -> None:
+    # httpx logs each request it sends at INFO: every reconnect would put a line of its own among the events.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
     async def follow() -> None:
         async with AsyncWidgetryClient(url, api_key) as client:
             async for event in client.events(sku=skus or None, last_event_id=since):

@@ -101,6 +101,7 @@ async def test_a_csv_import_reports_bad_rows_and_applies_the_good_ones(
         (5, "CSV-1"),
     ]
     assert "repeats row 1" in result["errors"][3]["reason"]
+    assert result["errors"][0]["reason"].startswith("sku: must be 1 to 64 letters, digits")
     assert "price_cents" in result["errors"][1]["reason"]
     assert (await widget_row(app, "CSV-1")).internal_notes == "from the supplier"
     assert (await widget_row(app, "CSV-6")).name == "Sixth, with a comma"

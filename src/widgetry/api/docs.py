@@ -171,7 +171,13 @@ IMPORTED = ACCEPTED | {
         "updated": 1,
         "unchanged": 0,
         "failed": 1,
-        "errors": [{"row": 3, "sku": "bad sku!", "reason": "Expected `str` matching regex ... - at `$.sku`"}],
+        "errors": [
+            {
+                "row": 3,
+                "sku": "bad sku!",
+                "reason": "sku: must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            }
+        ],
     },
     "links": {"self": "/commands/0193c1a2-7c4e-7d21-9a57-2f1d3e4b5c6d", "widget": None},
 }

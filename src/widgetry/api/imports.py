@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar.enums import MediaType
 
-from widgetry.api.problems import invalid, problem_exception
+from widgetry.api.problems import MSGSPEC_ERROR, in_words, invalid, problem_exception
 from widgetry.api.schemas import WidgetCreate
 from widgetry.domain.models import Widget
 from widgetry.services.imports import ImportRow
@@ -77,7 +77,7 @@ def parse_import(media_type: str, body: bytes) -> ParsedImport:
             # JSON has numbers, so `"100"` is a wrong type there; CSV has only text, so there it is a price.
             row = msgspec.convert(raw, WidgetRow, strict=not lenient)
         except msgspec.ValidationError as error:
-            rejected.append({"row": number, "sku": sku, "reason": str(error)})
+            rejected.append({"row": number, "sku": sku, "reason": _reason(str(error))})
             continue
         values = {name: value for name in CSV_COLUMNS if (value := getattr(row, name)) is not msgspec.UNSET}
         sku = values.pop("sku")
@@ -92,6 +92,13 @@ def parse_import(media_type: str, body: bytes) -> ParsedImport:
             [{"name": f"widgets[{r['row']}]", "reason": r["reason"]} for r in rejected[:100]],
         )
     return ParsedImport(rows=rows, rejected=rejected)
+
+
+def _reason(error: str) -> str:
+    """msgspec's message, with a broken pattern said in words: "name: must be 1 to 200 characters ..."."""
+    if (found := MSGSPEC_ERROR.match(error)) and found["path"]:
+        return f"{found['path']}: {in_words(found['reason'], found['path'])}"
+    return error
 
 
 def _json_rows(body: bytes) -> list[Any]:

@@ -11,11 +11,13 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
 from widgetry.connections import is_unavailable
+from widgetry.domain.models import PATTERNS_IN_WORDS
 from widgetry.domain.problems import PROBLEM_BASE, Problem
 
 logger = logging.getLogger(__name__)
 
 MALFORMED = "JSON is malformed"
+PATTERN_MISMATCH = "Expected `str` matching regex"
 MSGSPEC_ERROR = re.compile(r"^(?P<reason>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 SLUGS = {
     400: "bad-request",
@@ -63,6 +65,13 @@ def from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     return problem_exception(exc.status_code, exc.detail, headers=exc.headers)
 
 
+def in_words(reason: str, field: str) -> str:
+    """A broken pattern said as the rule it stands for (msgspec names the regex itself)."""
+    if reason.startswith(PATTERN_MISMATCH) and (words := PATTERNS_IN_WORDS.get(field)):
+        return f"must be {words}"
+    return reason
+
+
 def from_validation(exc: ClientException) -> ProblemDetailsException:
     """A body that is not JSON is 400; anything else that breaks a rule is 422 with `invalid_params`."""
     if exc.detail.startswith(MALFORMED):
@@ -76,7 +85,8 @@ def from_validation(exc: ClientException) -> ProblemDetailsException:
     ]
     if not params and (found := MSGSPEC_ERROR.match(exc.detail)):
         # The DTO's msgspec decoder reports one error as text: "Expected `int`, got `str` - at `$.price_cents`".
-        params = [{"name": found["path"] or "body", "reason": found["reason"]}]
+        field = found["path"] or "body"
+        params = [{"name": field, "reason": in_words(found["reason"], field)}]
     return invalid(
         "The request does not meet the rules of the API.", params or [{"name": "body", "reason": exc.detail}]
     )

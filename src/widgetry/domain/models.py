@@ -27,6 +27,12 @@ Sku = Annotated[str, KwargDefinition(pattern=SKU_PATTERN)]
 Name = Annotated[str, KwargDefinition(pattern=r"^\s*[^\s\x00](?:[^\x00\n]{0,198}[^\s\x00])?\s*$")]
 PriceCents = Annotated[int, KwargDefinition(ge=0, le=PRICE_MAX_CENTS)]
 Notes = Annotated[str, KwargDefinition(pattern=rf"^[^\x00]{{0,{NOTES_MAX_LENGTH}}}(?![\s\S])")]
+PATTERNS_IN_WORDS = {
+    "sku": "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    "name": f"1 to {NAME_MAX_LENGTH} characters once trimmed, on one line",
+    "internal_notes": f"at most {NOTES_MAX_LENGTH:,} characters",
+}
+"""What the patterns above ask, in words, for the people whose input breaks them (none allows a NUL character)."""
 
 
 class Widget(BigIntAuditBase):
