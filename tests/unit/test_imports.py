@@ -11,11 +11,13 @@ import pytest
 from litestar import Litestar
 from litestar_saq import SAQPlugin
 from saq.queue import Queue
+from sqlalchemy import select
 
 from tests.support import AUTH, WAIT
 from tests.unit.state import CommandRecord, count, outbox, stream, unpublish_everything, widget_row
 from tests.unit.test_commands import finished, redis_down
 from widgetry.domain.problems import CommandFailed
+from widgetry.services.commands import CommandService, RetryRefused
 from workers.jobs import fail_import, relay_unpublished, requeue_unfinished
 
 CSV = {"Content-Type": "text/csv"}
@@ -271,6 +273,10 @@ async def test_an_import_that_cannot_finish_fails_with_its_rows_left_unapplied(
     assert (command["result"]["created"], command["result"]["failed"]) == (0, 2)
     assert await widget_row(app, "IMP-00000") is None
     assert [e["type"] for e in await stream(app) if e["command_id"] == str(import_id)] == ["command.failed"]
+    async with app.state.connections.alchemy.get_session() as session:
+        row = await session.scalar(select(CommandRecord.id).where(CommandRecord.parent_id == import_id).limit(1))
+        with pytest.raises(RetryRefused, match="is a row of import"):
+            await CommandService(session=session).retry(row)
     # Its rows stay failed: a later command on their sku applies after them, not them.
     later = await client.post("/widgets", json=widgets(1)[0], headers=AUTH | WAIT)
     assert later.status_code == 200

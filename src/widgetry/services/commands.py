@@ -295,6 +295,11 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             raise RetryRefused(f"There is no command {command_id}.")
         await lock_head(self.session, record.sku)
         await self.session.refresh(record)
+        if record.parent_id is not None:
+            # Retried alone, the row would take effect after commands accepted since its import, in its import's name.
+            refused = RetryRefused(f"Command {command_id} is a row of import {record.parent_id}: import the row again.")
+            await self.session.rollback()
+            raise refused
         if record.status != CommandStatus.FAILED.value:
             refused = RetryRefused(f"Command {command_id} is {record.status}: only a failed command can be retried.")
             await self.session.rollback()
