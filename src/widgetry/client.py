@@ -27,9 +27,10 @@ import httpx
 import msgspec
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
+from widgetry.domain.events import STREAM_RESET
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_VARIABLE = "WIDGETRY_URL"
-STREAM_RESET = "stream.reset"
 FINISHED = frozenset({"succeeded", "failed"})
 RETRYABLE = frozenset({429, 502, 503, 504})
 """Statuses an event stream is opened again after (honouring `Retry-After`); any other refusal is raised."""

@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 from widgetry.domain.commands import CommandStatus
 from widgetry.domain.models import CommandRecord, EventRecord
 from widgetry.observability.queues import QueueStatus, queue_status
+from widgetry.services.commands import UNFINISHED
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -54,7 +55,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 FLUSH_INTERVAL_S = 1.0
 REDIS_TIMEOUT_S = 1.0
 SCRAPE_TIMEOUT_S = 2.0
-UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
 OUTCOMES = {CommandStatus.SUCCEEDED.value: "applied", CommandStatus.FAILED.value: "failed"}
 
 
