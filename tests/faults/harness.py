@@ -381,6 +381,19 @@ class FaultRun:
     async def submitted(self) -> int:
         return len(self.submitter.commands)
 
+    async def worker_holds_a_job(self, n: int) -> bool:
+        """Whether worker `n` is running a job right now: SAQ records on each started job the worker's id, which
+        ends with its process id."""
+        suffix = f"-{self.stack.workers[n].popen.pid}"
+        client = aioredis.from_url(self.redis_url)
+        try:
+            job_ids = await client.lrange(f"saq:{self.prefix}:active", 0, -1)
+            records = await client.mget(job_ids) if job_ids else []
+        finally:
+            await client.aclose()
+        jobs = [msgspec.json.decode(record) for record in records if record]
+        return any(job.get("status") == "active" and str(job.get("worker_id")).endswith(suffix) for job in jobs)
+
     async def retried_jobs(self) -> int:
         """Apply jobs that have been started more than once (SAQ keeps each job's record, with its attempts)."""
         client = aioredis.from_url(self.redis_url)

@@ -25,11 +25,16 @@ async def test_workers_killed_three_times_lose_and_duplicate_nothing(fault_run: 
         sending = asyncio.create_task(run.submitter.sequences(widget_writes(f"KILL-{n}", PATCHES) for n in range(SKUS)))
         for share in KILL_AT:
             await eventually(lambda share=share: at_least(run.probe.finished, share * COMMANDS), 120, "progress")
+            # Killed while it runs a job, not between two: that job is the one the sweep must find and run again.
+            await eventually(lambda: run.worker_holds_a_job(0), 30, "worker 0 to be running a job")
             run.stack.kill_worker(0)
             kills.append(await run.probe.finished())
             run.stack.restart_worker(0)
         await sending
         await run.settle()
+        # The sweep finds a killed worker's job once its timeout has passed (its commands may have been applied by
+        # then, recovered by other jobs) and runs it again, which must change nothing.
+        await eventually(lambda: at_least(run.retried_jobs, 1), 30, "a killed worker's job to be run again")
 
     retried = await run.retried_jobs()
     ledger = await run.ledger(killed_after=kills, retried_jobs=retried)
