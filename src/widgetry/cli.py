@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 APP_PATH = "widgetry.app:create_app"
 GRACEFUL_SHUTDOWN_S = 5
+KEEP_ALIVE_S = 75
+"""How long an idle HTTP/1.1 connection stays open. Uvicorn's 5 s equals httpx's (and others') pool expiry: a
+client reusing a connection just as the server closed it saw its write fail with no response (the fault suite's
+clients did, once or twice a run). Longer than the clients' and than load balancers' usual 60 s, the server is
+never the side that closes first."""
 QUEUE_TIMEOUT_S = 10
 """How long `commands retry` tries to reach Redis before leaving the command to the recovery pass."""
 
@@ -89,6 +94,7 @@ def run_command(app: Litestar, host: str, port: int, log_level: str) -> None:
         log_level=log_level,
         log_config=uvicorn_log_config(app.state.settings),
         lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     Server(config).run()
