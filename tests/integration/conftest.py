@@ -19,12 +19,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def external_env(empty_database: str, redis_prefix: str) -> dict[str, str]:
-    """The environment of a deployment with external workers, on this run's database and this test's Redis prefix."""
+def real_env(empty_database: str, redis_prefix: str) -> dict[str, str]:
+    """The environment of a `widgetry` process on this run's database and this test's Redis prefix."""
     return {
         "DATABASE_URL": empty_database,
         "REDIS_URL": REDIS_URL,
         "WIDGETRY_REDIS_PREFIX": redis_prefix,
         "WIDGETRY_API_KEYS": API_KEY,
-        "WIDGETRY_WORKERS": "external",
     }
+
+
+@pytest.fixture
+def external_env(real_env: dict[str, str]) -> dict[str, str]:
+    """The same, for a deployment with external workers."""
+    return real_env | {"WIDGETRY_WORKERS": "external"}

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends import REDIS_URL
 from tests.support import API_KEY, Process, Server, free_port, wait_until
 from widgetry.client import WidgetryClient
 from widgetry.services.keys import KEY_PREFIX, digest
@@ -23,14 +22,8 @@ TTL_S = 1
 
 
 @pytest.fixture
-def env(empty_database: str, redis_prefix: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": empty_database,
-        "REDIS_URL": REDIS_URL,
-        "WIDGETRY_REDIS_PREFIX": redis_prefix,
-        "WIDGETRY_API_KEYS": API_KEY,
-        "WIDGETRY_API_KEY_CACHE_SECONDS": str(TTL_S),
-    }
+def env(real_env: dict[str, str]) -> dict[str, str]:
+    return real_env | {"WIDGETRY_API_KEY_CACHE_SECONDS": str(TTL_S)}
 
 
 def widgetry(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

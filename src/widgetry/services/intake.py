@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -92,28 +92,23 @@ class CommandIntake:
 async def enqueue(queue: Queue, settings: Settings, command_ids: Sequence[UUID]) -> None:
     """Queues recorded commands as one job. A queue that is down or slow loses nothing: the record is the source of
     truth, and the recovery pass queues unfinished commands again; the client is not kept waiting on Redis."""
-    if not command_ids:
-        return
-    try:
-        async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await dispatch(queue, settings, command_ids)
-    except Exception as error:
-        if not is_unavailable(error):
-            raise
-        logger.warning(
-            "%d commands recorded but not queued (%r); the recovery pass will queue them", len(command_ids), error
-        )
+    if command_ids:
+        await _queue_or_leave_to_recovery(dispatch(queue, settings, command_ids), f"{len(command_ids)} commands")
 
 
 async def enqueue_import(queue: Queue, settings: Settings, import_id: UUID) -> None:
     """Queues an import's job; like `enqueue`, a queue that is down leaves the import to the recovery pass."""
+    await _queue_or_leave_to_recovery(dispatch_import(queue, settings, import_id), f"import {import_id}")
+
+
+async def _queue_or_leave_to_recovery(queueing: Awaitable[bool], what: str) -> None:
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await dispatch_import(queue, settings, import_id)
+            await queueing
     except Exception as error:
         if not is_unavailable(error):
             raise
-        logger.warning("import %s recorded but not queued (%r); the recovery pass will queue it", import_id, error)
+        logger.warning("%s recorded but not queued (%r); the recovery pass will queue them", what, error)
 
 
 async def dispatch_import(queue: Queue, settings: Settings, import_id: UUID) -> bool:
