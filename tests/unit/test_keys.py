@@ -14,9 +14,9 @@ from sqlalchemy import event
 
 from tests.support import API_KEY, eventually, serve
 from tests.unit.state import widget_row
-from widgetry.api.security import ApiKeys
+from widgetry.api.security import ApiKeys, Client
 from widgetry.app import create_app
-from widgetry.domain.models import ApiKey
+from widgetry.domain.models import ApiKey, Scope
 from widgetry.services.keys import KEY_PREFIX, ApiKeyService, KeyNotFound, digest
 from widgetry.settings import Settings
 
@@ -63,7 +63,7 @@ async def test_a_stored_key_writes_until_revoked_and_is_refused_within_the_cache
     bearer = await client.post("/widgets", json=widget("K-2"), headers={"Authorization": f"Bearer {key}"})
     api_keys: ApiKeys = app.state.api_keys
     fingerprint = digest(key)
-    active_before = await api_keys.is_active(fingerprint)
+    client_before = await api_keys.client(fingerprint)
     revoked = await revoke(app, "ops")
     attempts = iter(range(1000))
 
@@ -77,9 +77,9 @@ async def test_a_stored_key_writes_until_revoked_and_is_refused_within_the_cache
 
     assert key.startswith(KEY_PREFIX) and len(key) > len(KEY_PREFIX) + 40
     assert (accepted.status_code, bearer.status_code) == (202, 202)
-    assert active_before
+    assert client_before == Client(fingerprint, frozenset({Scope.WRITE}))
     assert api_keys.fingerprint(key) is None  # no longer counted as a key of its own by the rate limiter
-    assert not await api_keys.is_active(fingerprint)
+    assert await api_keys.client(fingerprint) is None
     assert revoked.revoked_at is not None
     assert row.digest == fingerprint and key not in (row.name, row.digest)
     assert row.last_used_at is not None and row.last_used_at >= row.created_at
