@@ -17,7 +17,7 @@ from tests.unit.state import widget_row
 from widgetry.api.security import ApiKeys, Client
 from widgetry.app import create_app
 from widgetry.domain.models import ApiKey, Scope
-from widgetry.services.keys import KEY_PREFIX, ApiKeyService, KeyNotFound, digest
+from widgetry.services.keys import DEFAULT_SCOPES, KEY_PREFIX, ApiKeyService, KeyNotFound, digest
 from widgetry.settings import Settings
 
 TTL_S = 0.5
@@ -35,9 +35,9 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def issue(app: Litestar, name: str) -> str:
+async def issue(app: Litestar, name: str, scopes: frozenset[Scope] = DEFAULT_SCOPES) -> str:
     async with app.state.connections.alchemy.get_session() as session:
-        _, key = await ApiKeyService(session=session).issue(name)
+        _, key = await ApiKeyService(session=session).issue(name, scopes)
     return key
 
 

@@ -176,7 +176,7 @@ def requires(scope: Scope) -> Guard:
         if client is None:
             raise _unauthorized()
         if scope not in client.scopes:
-            raise PermissionDeniedException(f"This API key lacks the {scope!r} scope that this route needs.")
+            raise PermissionDeniedException(f"This API key lacks the '{scope}' scope that this route needs.")
         connection.state.client = client.fingerprint
 
     return guard
