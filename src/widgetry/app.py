@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Router(
                 "/",
                 guards=read_guards,
+                # Widgets' public view; `admin_router` registers the same reads again with the view an admin sees.
                 return_dto=WidgetRead,
                 cache_control=read_cache_control(private=settings.protect_reads),
                 route_handlers=[
@@ -102,6 +103,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 opt={RATE_LIMIT_EXEMPT: True},
                 security=ANONYMOUS,
             ),
+            # Metrics tell how busy the service is and what it is asked: where reads are not for everyone, they are
+            # for operators.
             Router(
                 "/",
                 guards=[admin_guard] if settings.protect_reads else [],
