@@ -23,7 +23,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from widgetry.api.commands import get_command
-from widgetry.api.events import stream_events
+from widgetry.api.events import STILL_SIGNED_IN, stream_events
 from widgetry.api.limits import RATE_LIMIT_EXEMPT
 from widgetry.api.security import AUTHENTICATE
 from widgetry.api.widgets import create_widget, delete_widget, import_widgets, list_widgets, update_widget
@@ -34,6 +34,7 @@ from widgetry.dashboard.sessions import (
     csrf_token,
     session_client,
     session_config,
+    session_lives_on,
     signed_in,
     start_session,
 )
@@ -112,7 +113,7 @@ def dashboard_routers(settings: Settings) -> list[Router]:
                 Router(
                     "/ui",
                     guards=[signed_in],
-                    opt={AUTHENTICATE: session_client},
+                    opt={AUTHENTICATE: session_client, STILL_SIGNED_IN: session_lives_on},
                     route_handlers=[
                         list_widgets,
                         get_command,
