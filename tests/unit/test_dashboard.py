@@ -1,6 +1,7 @@
 """The dashboard's sign-in: an API key once, then a session cookie that the write handlers registered under `/ui`
 accept with the session's token in a header, while the API's own routes still take API keys only. A session is
-stored at sign-in only, and ends after its lifetime however busy it is."""
+stored at sign-in only, ends after its lifetime however busy it is, and its pages tell the browser to run only
+their own scripts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +335,72 @@ async def test_an_idle_timeout_ends_a_session_left_alone_and_not_one_in_use(embe
 
     assert set(in_use) == {200}
     assert_problem(after, 401)
+
+
+class PageScripts(HTMLParser):
+    """What a page would run: its script elements and its event-handler attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[dict[str, str | None]] = []
+        self.handlers: list[str] = []
+        self._in_script = False
+        self.inline_code = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handlers += [name for name, _ in attrs if name.startswith("on")]
+        self.handlers += [name for name, value in attrs if (value or "").strip().lower().startswith("javascript:")]
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+            self._in_script = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.inline_code += data.strip()
+
+
+def csp_directives(response: httpx.Response) -> dict[str, list[str]]:
+    policy = response.headers["content-security-policy"]
+    return {name: values for name, *values in (d.split() for d in policy.split(";") if d.strip())}
+
+
+async def test_dashboard_pages_tell_the_browser_to_run_only_their_own_scripts_and_not_be_framed(
+    client: httpx.AsyncClient,
+) -> None:
+    sign_in_page = await client.get("/")
+    refused_sign_in = await client.post("/ui/sign-in", data={"key": "not-a-key"})
+    unauthorized = await client.get("/ui/widgets")
+    await signed_in(client)
+    dashboard = await client.get("/")
+    read = await client.get("/ui/widgets")
+    static = await client.get("/ui/static/dashboard.js")
+
+    for response in (sign_in_page, refused_sign_in, unauthorized, dashboard, read, static):
+        policy = csp_directives(response)
+        assert policy["script-src"] == ["'self'"], response.request.url
+        assert policy["frame-ancestors"] == ["'none'"]
+        assert not [values for values in policy.values() if "'unsafe-inline'" in values or "'unsafe-eval'" in values]
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    for response in (sign_in_page, refused_sign_in, unauthorized, dashboard, read):
+        assert response.headers["cache-control"] == "no-store", response.request.url
+    assert 'name="csrf-token"' in dashboard.text
+    assert static.status_code == 200 and "no-store" not in static.headers.get("cache-control", "")
+
+
+async def test_dashboard_pages_hold_no_script_the_policy_would_block(client: httpx.AsyncClient) -> None:
+    pages = [(await client.get("/")).text]
+    await signed_in(client)
+    pages.append((await client.get("/")).text)
+
+    for page in pages:
+        found = PageScripts()
+        found.feed(page)
+        assert found.handlers == []
+        assert found.inline_code == ""
+        assert all((script.get("src") or "").startswith("/ui/static/") for script in found.scripts)
+    assert found.scripts  # the dashboard has its scripts, from files
