@@ -12,8 +12,8 @@ import httpx
 import msgspec
 from httpx_sse import EventSource
 
-from tests.support import API_KEY, AUTH
-from tests.unit.test_access import live, open_stream
+from tests.support import API_KEY, AUTH, eventually
+from tests.unit.test_access import live, open_stream, open_streams_are
 from tests.unit.test_bad_input import assert_problem
 from tests.unit.test_dashboard import WIDGET, signed_in
 from tests.unit.test_keys import issue, revoke
@@ -105,3 +105,29 @@ async def test_a_signed_in_page_streams_apart_from_anonymous_readers_at_its_addr
     # The page counts against the key it signed in with: its own cap, shared with that key alone.
     assert_problem(second_page, 429)
     assert_problem(same_key, 429)
+
+
+async def test_a_signed_in_stream_that_ends_either_way_leaves_nothing_behind(embedded_settings: Settings) -> None:
+    app = create_app(embedded_settings)
+    hub = app.state.hub
+
+    async def subscribers_are(expected: int) -> None:
+        async def counted() -> bool:
+            return hub.subscriber_count == expected
+
+        await eventually(counted, ENDS_WITHIN_S, f"{expected} hub subscribers")
+
+    async with live(app) as client:
+        await signed_in(client)
+        async with client.stream("GET", "/ui/events") as kept:
+            async with client.stream("GET", "/ui/events") as left:
+                await subscribers_are(2)
+                await open_streams_are(app, 2)
+            await subscribers_are(1)  # the client went away
+            await open_streams_are(app, 1)
+            hub.close_subscribers()  # the server ends it (shutdown, a slow reader)
+            await ended(kept)
+            await subscribers_are(0)
+            await open_streams_are(app, 0)
+
+    assert (kept.status_code, left.status_code) == (200, 200)

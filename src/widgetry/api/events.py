@@ -92,7 +92,7 @@ async def key_still_accepted(connection: ASGIConnection) -> bool:
 
 
 async def _while_signed_in(
-    messages: AsyncGenerator[bytes], still_signed_in: Callable[[], Awaitable[bool]], every_s: float
+    messages: AsyncGenerator[bytes, None], still_signed_in: Callable[[], Awaitable[bool]], every_s: float
 ) -> AsyncIterator[bytes]:
     """The stream's messages until its session ends or its key is revoked, asked every `every_s`.
 
@@ -103,7 +103,7 @@ async def _while_signed_in(
     try:
         while True:
             while not (await asyncio.wait({next_message}, timeout=every_s))[0]:
-                if not await _answers_yes(still_signed_in):
+                if not await _sign_in_stands(still_signed_in):
                     return
             try:
                 message = next_message.result()
@@ -121,7 +121,7 @@ async def _while_signed_in(
             next_message.cancel()
 
 
-async def _answers_yes(still_signed_in: Callable[[], Awaitable[bool]]) -> bool:
+async def _sign_in_stands(still_signed_in: Callable[[], Awaitable[bool]]) -> bool:
     try:
         return await still_signed_in()
     except Exception as error:
