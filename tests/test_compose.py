@@ -8,6 +8,7 @@ import re
 import shlex
 
 import asyncpg
+import pytest
 import yaml
 
 from tests.backends import ADMIN_URL
@@ -56,6 +57,7 @@ def test_one_image_is_built_once_and_run_by_every_widgetry_service() -> None:
     assert builders == ["migrate"]
 
 
+@pytest.mark.integration
 def test_postgres_is_the_major_version_the_tests_run_against() -> None:
     async def server_major() -> int:
         connection = await asyncpg.connect(ADMIN_URL)
