@@ -19,6 +19,7 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 from litestar_saq import SAQPlugin
 
+from widgetry.api.asyncapi import asyncapi_document
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
 from widgetry.api.docs import get_problem_type, list_problem_types
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             Router(
                 "/",
-                route_handlers=[health, ready, list_problem_types, get_problem_type],
+                route_handlers=[health, ready, list_problem_types, get_problem_type, asyncapi_document],
                 opt={RATE_LIMIT_EXEMPT: True},
             ),
             Router("/", route_handlers=[MetricsController], opt={RATE_LIMIT_EXEMPT: True}),
