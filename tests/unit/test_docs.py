@@ -6,6 +6,7 @@ lead somewhere inside the repository."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -160,14 +161,23 @@ def test_operations_doc_names_every_setting() -> None:
     assert sorted(name for name in environment.names if f"`{name}`" not in operations) == []
 
 
-def test_every_relative_link_in_the_readme_and_docs_leads_to_a_file() -> None:
-    pages = [ROOT / "README.md", *DOCS.glob("*.md")]
-    broken = [
-        f"{page.relative_to(ROOT)}: {target}"
-        for page in pages
-        for target in MARKDOWN_LINK.findall(page.read_text())
-        if not re.match(r"^([a-z]+:|#)", target) and not (page.parent / target.split("#")[0]).exists()
-    ]
+def anchors(page: Path) -> set[str]:
+    """The fragment ids GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_in_the_readme_and_docs_leads_to_a_file_and_heading() -> None:
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *DOCS.glob("*.md")]
+    broken = []
+    for page in pages:
+        for target in MARKDOWN_LINK.findall(page.read_text()):
+            if re.match(r"^[a-z]+:", target):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or (fragment and fragment not in anchors(linked)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
 
     assert len(pages) > 5
     assert broken == []
