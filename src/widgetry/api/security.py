@@ -94,6 +94,9 @@ class ApiKeys:
             scopes = await self._stored_scopes(fingerprint)
         return None if scopes is None else Client(fingerprint, scopes)
 
+    async def is_active(self, fingerprint: str) -> bool:
+        return await self.client(fingerprint) is not None
+
     def fingerprint(self, presented: str | None) -> str | None:
         """The hex digest of an accepted key, to name it where it must be told apart from others (per-key limits)
         without writing the key itself anywhere; `None` for a missing or unknown key.
