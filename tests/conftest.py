@@ -8,7 +8,7 @@ import pytest
 from litestar import Litestar
 
 from tests import prerequisites
-from tests.support import API_KEY, serve
+from tests.support import ADMIN_KEY, API_KEY, serve
 from widgetry.app import create_app
 from widgetry.settings import Settings
 
@@ -22,7 +22,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def embedded_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The embedded defaults (SQLite file in the working directory, in-process fakeredis and worker)."""
     monkeypatch.chdir(tmp_path)
-    return Settings(api_keys=(API_KEY,))
+    return Settings(api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,))
 
 
 @pytest.fixture

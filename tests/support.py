@@ -20,6 +20,8 @@ from litestar import Litestar
 
 API_KEY = "test-api-key"
 AUTH = {"X-API-Key": API_KEY}
+ADMIN_KEY = "test-admin-key"
+ADMIN = {"X-API-Key": ADMIN_KEY}
 WAIT = {"Prefer": "wait=10"}
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from litestar.serialization import decode_json, encode_json
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from saq.queue.redis import RedisQueue
 
-from widgetry.api.security import api_key_guard
+from widgetry.api.security import admin_guard
 from widgetry.connections import is_unavailable
 from widgetry.observability import tracing
 from widgetry.observability.metrics import Counts
@@ -216,11 +216,11 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
                     shutdown_grace_period_s=None,
                 )
             ],
-            # SAQ's web UI. Behind the API-key guard, which reads the key from the `X-API-Key` header: a browser
-            # does not send one by itself, so reach it through a proxy that adds the header (or with curl).
+            # SAQ's web UI. Behind an admin key, read from the `X-API-Key` header: a browser does not send one by
+            # itself, so reach it through a proxy that adds the header (or with curl).
             web_enabled=True,
             web_path="/saq",
-            web_guards=[api_key_guard],
+            web_guards=[admin_guard],
             enable_otel=traced,
         )
     )

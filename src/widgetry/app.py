@@ -9,16 +9,18 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 import anyio
-from advanced_alchemy.extensions.litestar import AlembicCommands, SQLAlchemyPlugin
+from advanced_alchemy.extensions.litestar import AlembicCommands, SQLAlchemyInitPlugin
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components
 from litestar.static_files import create_static_files_router
-from swagger_ui_bundle import swagger_ui_path
 from litestar_saq import SAQPlugin
+from swagger_ui_bundle import swagger_ui_path
 
+from widgetry.api.admin import admin_router
 from widgetry.api.asyncapi import asyncapi_document
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
@@ -33,13 +35,15 @@ from widgetry.api.limits import (
 )
 from widgetry.api.ops import health, ready
 from widgetry.api.problems import problem_details_plugin
-from widgetry.api.security import ApiKeys, api_key_guard
+from widgetry.api.schemas import WidgetRead
+from widgetry.api.security import ANONYMOUS, SECURITY_SCHEMES, ApiKeys, admin_guard, api_key_guard, key_security
 from widgetry.api.widgets import (
     create_widget,
     delete_widget,
     get_widget,
     import_widgets,
     list_widgets,
+    read_cache_control,
     update_widget,
 )
 from widgetry.cli import WidgetryCLIPlugin
@@ -81,6 +85,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Router(
                 "/",
                 guards=read_guards,
+                # Widgets' public view; `admin_router` registers the same reads again with the view an admin sees.
+                return_dto=WidgetRead,
+                cache_control=read_cache_control(private=settings.protect_reads),
                 route_handlers=[
                     list_widgets,
                     get_widget,
@@ -93,12 +100,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     import_widgets,
                 ],
             ),
+            admin_router(),
             Router(
                 "/",
                 route_handlers=[health, ready, list_problem_types, get_problem_type, asyncapi_document],
                 opt={RATE_LIMIT_EXEMPT: True},
+                security=ANONYMOUS,
             ),
-            Router("/", route_handlers=[MetricsController], opt={RATE_LIMIT_EXEMPT: True}),
+            # Metrics tell how busy the service is and what it is asked: where reads are not for everyone, they are
+            # for operators.
+            Router(
+                "/",
+                guards=[admin_guard] if settings.protect_reads else [],
+                route_handlers=[MetricsController],
+                opt={RATE_LIMIT_EXEMPT: True},
+            ),
             create_static_files_router(
                 SCHEMA_ASSETS, directories=[swagger_ui_path], opt={RATE_LIMIT_EXEMPT: True}, include_in_schema=False
             ),
@@ -113,7 +129,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=template_config(),
         cors_config=_cors_config(settings),
         plugins=[
-            SQLAlchemyPlugin(config=connections.alchemy),
+            # Not `SQLAlchemyPlugin`, which adds a serialization plugin: it would give a widget read registered with
+            # no DTO one of every column, `internal_notes` included. Without it such a read fails instead.
+            SQLAlchemyInitPlugin(config=connections.alchemy),
             saq_plugin(connections, queue),
             problem_details_plugin(),
             structlog_plugin(settings),
@@ -128,9 +146,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "queue": queue,
                 "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
-                "api_keys": ApiKeys(
-                    settings.effective_api_keys, connections.alchemy, ttl=settings.api_key_cache_seconds
-                ),
+                "api_keys": ApiKeys.configured(settings, connections.alchemy),
             }
         ),
         lifespan=[_lifespan],
@@ -142,6 +158,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             path="/schema",
             use_handler_docstrings=True,
             render_plugins=[_swagger_ui()],
+            components=Components(security_schemes=SECURITY_SCHEMES),
+            security=key_security() if settings.protect_reads else None,
         ),
         debug=settings.debug,
     )
@@ -174,8 +192,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(upgrade_database, settings)
     if settings.dev_key_generated:
         print(f"widgetry: development API key for this run: {settings.effective_api_keys[0]}", flush=True)
-    elif not settings.effective_api_keys:
-        logger.warning("No WIDGETRY_API_KEYS set: every write will be refused with 401.")
+    elif not settings.effective_api_keys + settings.effective_admin_keys:
+        logger.warning("No WIDGETRY_API_KEYS or WIDGETRY_ADMIN_KEYS set: every write will be refused with 401.")
     await app.state.hub.start()
     freeze_startup_objects()
     try:

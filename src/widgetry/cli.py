@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -25,13 +25,13 @@ from litestar.plugins import CLIPlugin
 from widgetry.bench.command import bench_command
 from widgetry.client import DEFAULT_URL, STREAM_RESET, URL_VARIABLE, AsyncWidgetryClient, Event, ProblemError
 from widgetry.connections import is_unavailable
-from widgetry.domain.models import EventRecord
+from widgetry.domain.models import EventRecord, Scope
 from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.observability.logs import uvicorn_log_config
 from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.events import EventService
 from widgetry.services.intake import dispatch
-from widgetry.services.keys import ApiKeyService, KeyNameTaken, KeyNotFound
+from widgetry.services.keys import DEFAULT_SCOPES, ApiKeyService, KeyNameTaken, KeyNotFound
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -391,37 +391,53 @@ def _event_line(event: Event) -> str:
 
 @click.group(cls=LitestarGroup, name="keys", help="Make, list and revoke the API keys kept in the database.")
 def keys_group() -> None:
-    """Keys beside `WIDGETRY_API_KEYS`: each shown once when made, stored as a digest, revocable on its own."""
+    """Keys beside `WIDGETRY_API_KEYS` and `WIDGETRY_ADMIN_KEYS`: each shown once when made, stored as a digest with
+    its scopes, revocable on its own."""
 
 
 class ListedKey(msgspec.Struct, frozen=True):
     name: str
     fingerprint: str
     """The start of the key's SHA-256: enough to tell keys apart and to revoke one, nothing to sign in with."""
+    scopes: list[Scope]
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
 
     @classmethod
     def of(cls, key: ApiKey) -> ListedKey:
-        return cls(key.name, key.digest[:FINGERPRINT_CHARS], key.created_at, key.last_used_at, key.revoked_at)
+        scopes = [scope for scope in Scope if scope in key.scopes]
+        return cls(key.name, key.digest[:FINGERPRINT_CHARS], scopes, key.created_at, key.last_used_at, key.revoked_at)
 
 
 FINGERPRINT_CHARS = 12
 
 
 @keys_group.command(name="create", help="Make a key and print it, once: only its digest is stored.")
-@click.option("--name", help="What the key is for [default: key-<fingerprint>].")
-def create_key(app: Litestar, name: str | None) -> None:
+@click.argument("name", required=False)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice([scope.value for scope in Scope]),
+    help="What the key may do, repeated for several: 'write' sends commands, 'admin' reads internal fields and opens "
+    "the operator routes [default: write].",
+)
+def create_key(app: Litestar, name: str | None, scopes: tuple[str, ...]) -> None:
+    """NAME says what the key is for [default: key-<fingerprint>]."""
+
     async def create(connections: Connections) -> tuple[ApiKey, str]:
         async with connections.alchemy.get_session() as session:
             try:
-                return await ApiKeyService(session=session).issue(name)
+                return await ApiKeyService(session=session).issue(name, frozenset(map(Scope, scopes)) or DEFAULT_SCOPES)
             except KeyNameTaken as taken:
                 raise click.ClickException(str(taken)) from None
 
     record, key = _run_migrated(app, create)
-    click.echo(f"Key {record.name!r} (fingerprint {record.digest[:FINGERPRINT_CHARS]}); it is not shown again:")
+    click.echo(
+        f"Key {record.name!r} (fingerprint {record.digest[:FINGERPRINT_CHARS]}, scopes {_scopes(record.scopes)}); "
+        "it is not shown again:"
+    )
     click.echo(key)
 
 
@@ -436,14 +452,24 @@ def list_keys(app: Litestar, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(keys).decode())
         return
-    rows = [("NAME", "FINGERPRINT", "CREATED", "LAST USED", "REVOKED")]
+    rows = [("NAME", "FINGERPRINT", "SCOPES", "CREATED", "LAST USED", "REVOKED")]
     rows += [
-        (key.name, key.fingerprint, *(_when(moment) for moment in (key.created_at, key.last_used_at, key.revoked_at)))
+        (
+            key.name,
+            key.fingerprint,
+            _scopes(key.scopes),
+            *(_when(moment) for moment in (key.created_at, key.last_used_at, key.revoked_at)),
+        )
         for key in keys
     ]
     click.echo(_columns(rows) if keys else "No stored keys.")
-    if configured := len(app.state.settings.api_keys):
-        click.echo(f"Also accepted: {configured} key(s) from WIDGETRY_API_KEYS.")
+    settings: Settings = app.state.settings
+    for variable, configured, scopes in (
+        ("WIDGETRY_API_KEYS", settings.api_keys, frozenset({Scope.WRITE})),
+        ("WIDGETRY_ADMIN_KEYS", settings.admin_keys, frozenset(Scope)),
+    ):
+        if configured:
+            click.echo(f"Also accepted: {len(configured)} key(s) from {variable}, scopes {_scopes(scopes)}.")
 
 
 @keys_group.command(name="revoke", help="Revoke a stored key, named or by the start of its fingerprint.")
@@ -473,6 +499,10 @@ def _run_migrated(app: Litestar, work: Callable[[Connections], Awaitable[T]]) ->
 
         upgrade_database(settings)
     return _run(app, work)
+
+
+def _scopes(scopes: Iterable[Scope]) -> str:
+    return ",".join(scope for scope in Scope if scope in scopes) or "-"
 
 
 def _when(moment: datetime | None) -> str:

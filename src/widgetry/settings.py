@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     redis_url: str | None = None
     """`None` means an in-process fakeredis: no server, nothing survives a restart."""
     api_keys: tuple[str, ...] = ()
+    """Keys with the `write` scope: they send commands."""
+    admin_keys: tuple[str, ...] = ()
+    """Keys with the `write` and `admin` scopes: they also read widgets' internal fields and open `/saq` (and
+    `/metrics` when reads are protected)."""
     api_key_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     """How long a web process trusts its last look at a stored key (`widgetry keys create`): a revoke takes effect
     within it, and an unknown key is refused from memory for as long."""
@@ -152,10 +156,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
 
     @cached_property
     def effective_api_keys(self) -> tuple[str, ...]:
-        """The keys accepted on writes; on the embedded defaults with none set, one dev key made for this process."""
-        if self.api_keys or not (self.embedded_database and self.embedded_redis):
+        """The `write` keys; on the embedded defaults with no key set at all, one dev key made for this process (an
+        admin key too, see `effective_admin_keys`)."""
+        if self.api_keys or self.admin_keys or not (self.embedded_database and self.embedded_redis):
             return self.api_keys
         return (f"dev-{secrets.token_urlsafe(18)}",)
+
+    @property
+    def effective_admin_keys(self) -> tuple[str, ...]:
+        """The `admin` keys; the dev key is one, so whoever runs the embedded defaults can try every route."""
+        return self.admin_keys + (self.effective_api_keys if self.dev_key_generated else ())
 
     @property
     def dev_key_generated(self) -> bool:
@@ -163,5 +173,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
 
 
 _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
-_LISTS = {"api_keys", "cors_origins"}
+_LISTS = {"api_keys", "admin_keys", "cors_origins"}
 """Settings given as one comma-separated variable."""

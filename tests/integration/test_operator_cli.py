@@ -143,7 +143,7 @@ def test_a_created_key_writes_is_listed_without_itself_and_once_revoked_is_refus
     name = f"ops-{uuid.uuid4().hex[:8]}"
     server = Server(env, tmp_path)
     try:
-        created = widgetry("keys", "create", "--name", name, env=env, cwd=tmp_path)
+        created = widgetry("keys", "create", name, env=env, cwd=tmp_path)
         key = created.stdout.strip().splitlines()[-1]
         accepted = write(server.url, key, "KEY-1")
         table = widgetry("keys", "list", env=env, cwd=tmp_path)
@@ -167,6 +167,7 @@ def test_a_created_key_writes_is_listed_without_itself_and_once_revoked_is_refus
     assert key not in table.stdout + listed.stdout
     [entry] = [entry for entry in json.loads(listed.stdout) if entry["name"] == name]
     assert entry["fingerprint"] == digest(key)[:12]
+    assert entry["scopes"] == ["write"]
     assert entry["last_used_at"] is not None and entry["revoked_at"] is None
     assert revoked.returncode == 0, revoked.stderr
     assert f"Key {name!r}" in revoked.stdout and "revoked" in revoked.stdout

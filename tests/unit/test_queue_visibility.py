@@ -1,4 +1,4 @@
-"""SAQ's web UI at `/saq` behind the API key, and `/ready` reporting the queue and the workers' heartbeats."""
+"""SAQ's web UI at `/saq` behind an admin key, and `/ready` reporting the queue and the workers' heartbeats."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_KEY, AUTH, eventually, serve
+from tests.support import ADMIN, API_KEY, AUTH, eventually, serve
 from widgetry.app import create_app
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.settings import Settings, WorkerMode
 
 
-async def test_the_queue_ui_needs_the_api_key(client: httpx.AsyncClient) -> None:
+async def test_the_queue_ui_needs_an_admin_key(client: httpx.AsyncClient) -> None:
     anonymous = await client.get("/saq/api/queues")
     wrong = await client.get("/saq/api/queues", headers={"X-API-Key": "not-a-key"})
-    page = await client.get("/saq", headers=AUTH)
-    queues = await client.get("/saq/api/queues", headers=AUTH)
+    writer = await client.get("/saq/api/queues", headers=AUTH)
+    page = await client.get("/saq", headers=ADMIN)
+    queues = await client.get("/saq/api/queues", headers=ADMIN)
 
-    assert (anonymous.status_code, wrong.status_code) == (401, 401)
+    assert (anonymous.status_code, wrong.status_code, writer.status_code) == (401, 401, 403)
     assert anonymous.headers["content-type"].startswith("application/problem+json")
+    assert writer.json()["type"].endswith("/problems/forbidden")
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
     assert queues.status_code == 200

@@ -1,4 +1,5 @@
-"""Reads: pages, search and order through Advanced Alchemy filters; one widget with its version as ETag."""
+"""Reads: pages, search and order through Advanced Alchemy filters; one widget with its version as ETag, answered
+`304 Not Modified` while the client's copy is current; `Cache-Control` that makes caches ask every time."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_KEY, AUTH, WAIT, serve
+from tests.support import ADMIN, API_KEY, AUTH, WAIT, serve
 from widgetry.app import create_app
 from widgetry.settings import Settings
 
@@ -74,6 +75,58 @@ async def test_get_one_has_the_version_as_etag_and_hides_private_fields(client: 
     assert "id" not in widget
 
 
+@pytest.mark.parametrize(("path", "headers"), [("/widgets/A-1", {}), ("/admin/widgets/A-1", ADMIN)])
+async def test_if_none_match_with_the_current_etag_is_304_without_a_body_until_an_update(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str]
+) -> None:
+    await seed(client)
+    first = await client.get(path, headers=headers)
+    unchanged = await client.get(path, headers=headers | {"If-None-Match": first.headers["etag"]})
+    await client.patch("/widgets/A-1", json={"price_cents": 25}, headers=AUTH | WAIT)
+    stale = await client.get(path, headers=headers | {"If-None-Match": first.headers["etag"]})
+    current = await client.get(path, headers=headers | {"If-None-Match": stale.headers["etag"]})
+
+    assert (first.status_code, first.headers["etag"]) == (200, '"1"')
+    assert unchanged.status_code == 304
+    assert unchanged.content == b""
+    assert unchanged.headers["etag"] == '"1"'
+    assert unchanged.headers["cache-control"] == first.headers["cache-control"]
+    assert (stale.status_code, stale.headers["etag"], stale.json()["price_cents"]) == (200, '"2"', 25)
+    assert (current.status_code, current.content) == (304, b"")
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status"),
+    [('W/"1"', 304), ('"7", "1"', 304), ("*", 304), ('"2"', 200), ("1", 200), ("not an etag", 200), ("", 200)],
+)
+async def test_if_none_match_is_compared_weakly_and_takes_a_list_or_a_star(
+    client: httpx.AsyncClient, if_none_match: str, status: int
+) -> None:
+    await seed(client)
+
+    response = await client.get("/widgets/A-1", headers={"If-None-Match": if_none_match})
+
+    assert response.status_code == status
+    assert response.headers["etag"] == '"1"'
+
+
+async def test_a_missing_widget_is_404_whatever_the_if_none_match(client: httpx.AsyncClient) -> None:
+    response = await client.get("/widgets/NOPE", headers={"If-None-Match": "*"})
+
+    assert response.status_code == 404
+    assert response.json()["type"].endswith("/widget-not-found")
+
+
+async def test_widget_reads_must_be_revalidated_and_admin_reads_stay_private(client: httpx.AsyncClient) -> None:
+    await seed(client)
+
+    public = [await client.get(path) for path in ("/widgets", "/widgets/A-1")]
+    admin = [await client.get(path, headers=ADMIN) for path in ("/admin/widgets", "/admin/widgets/A-1")]
+
+    assert [response.headers["cache-control"] for response in public] == ["no-cache", "no-cache"]
+    assert [response.headers["cache-control"] for response in admin] == ["no-cache, private"] * 2
+
+
 async def test_get_missing_is_widget_not_found_problem(client: httpx.AsyncClient) -> None:
     response = await client.get("/widgets/NOPE")
 
@@ -95,9 +148,11 @@ async def test_a_setting_puts_reads_and_events_behind_keys_but_not_health(
     monkeypatch.chdir(tmp_path)
     async with serve(create_app(Settings(api_keys=(API_KEY,), protect_reads=True))) as client:
         refused = [(await client.get(path)).status_code for path in ("/widgets", "/widgets/A-1", "/events")]
-        allowed = (await client.get("/widgets", headers=AUTH)).status_code
+        allowed = await client.get("/widgets", headers=AUTH)
         public = [(await client.get(path)).status_code for path in ("/health", "/ready", "/schema/openapi.json")]
 
     assert refused == [401, 401, 401]
-    assert allowed == 200
+    assert allowed.status_code == 200
+    # Read with a key, so no shared cache may hand it to a client without one.
+    assert allowed.headers["cache-control"] == "no-cache, private"
     assert public == [200, 200, 200]

@@ -58,8 +58,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = dict(
         _type("unauthorized", 401, "Unauthorized", "A write (or, when reads are protected, any request) without a "
               "valid API key.", "A valid API key is required: send it as 'X-API-Key: <key>' or "
               "'Authorization: Bearer <key>'."),
-        _type("forbidden", 403, "Forbidden", "The dashboard refused a write: its session's CSRF token is missing "
-              "or wrong.", "This form is out of date: reload the page."),
+        _type("forbidden", 403, "Forbidden", "The API key is valid but lacks the scope the route needs (`write` for "
+              "commands; `admin` for `/admin/...`, `/saq` and, when reads are protected, `/metrics`), or the "
+              "dashboard refused a write: its session's CSRF token is missing or wrong.",
+              "This API key lacks the 'admin' scope that this route needs."),
         _type("not-found", 404, "Not Found", "No route has this path.", "Not Found"),
         _type("widget-not-found", 404, "Widget not found", "No widget has this sku: a read of it, or a command "
               "that needs it (update, delete) once applied.", "No widget has sku 'SPR-1'."),
@@ -116,8 +118,8 @@ def problem_responses(*slugs: str) -> dict[int, ResponseSpec]:
 
 
 WRITE_PROBLEMS = (
-    "bad-request", "unauthorized", "payload-too-large", "invalid", "idempotency-key-reused", "too-many-requests",
-    "unavailable",
+    "bad-request", "unauthorized", "forbidden", "payload-too-large", "invalid", "idempotency-key-reused",
+    "too-many-requests", "unavailable",
 )  # fmt: skip
 """What any write may be answered with, before a command is recorded."""
 READ_PROBLEMS = ("bad-request", "invalid", "too-many-requests", "unavailable")

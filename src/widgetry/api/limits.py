@@ -143,8 +143,8 @@ async def stream_client(connection: ASGIConnection) -> str:
     (`AUTHENTICATE`: the dashboard's session), where a signed-in stream counts against the key it signed in with.
     The dashboard is then never locked out by anonymous streams from its address (one office, one proxy)."""
     authenticate: Authenticate | None = connection.route_handler.opt.get(AUTHENTICATE)
-    if authenticate is not None and (fingerprint := await authenticate(connection)):
-        return f"key:{fingerprint}"
+    if authenticate is not None and (client := await authenticate(connection)):
+        return f"key:{client.fingerprint}"
     return client_identity(connection)
 
 

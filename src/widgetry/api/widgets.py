@@ -1,4 +1,7 @@
-"""Widget reads, and the commands that change widgets (answered `202 Accepted`)."""
+"""Widget reads, and the commands that change widgets (answered `202 Accepted`).
+
+The read handlers name no DTO: the router they are registered under does (the app's public view, the admin router's
+view with the internal fields), so one handler serves both."""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ from typing import Annotated, Any
 from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.service import OffsetPagination
 from litestar import Request, Response, delete, get, patch, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.dto import DTOData
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, HeaderParameter, PathParameter
 
 from widgetry.api.dependencies import provide_widget_filters
@@ -25,10 +30,10 @@ from widgetry.api.docs import (
 from widgetry.api.imports import MAX_IMPORT_BYTES, parse_import
 from widgetry.api.intake import Intake
 from widgetry.api.problems import invalid, problem_exception
-from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch, WidgetRead
-from widgetry.api.security import writer_guard
+from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch
+from widgetry.api.security import key_security, writer_guard
 from widgetry.domain.commands import CreateWidget, DeleteWidget, UpdateWidget
-from widgetry.domain.models import SKU_PATTERN, Widget
+from widgetry.domain.models import SKU_PATTERN, Scope, Widget
 from widgetry.domain.problems import WidgetNotFound
 from widgetry.services.widgets import WidgetService
 
@@ -36,15 +41,46 @@ UPDATED = ACCEPTED | {"type": "update_widget"}
 DELETED = ACCEPTED | {"type": "delete_widget"}
 SkuPath = Annotated[str, PathParameter(pattern=SKU_PATTERN, description="The widget's sku.")]
 WRITE_GUARDS = [writer_guard]
+WRITE_SECURITY = key_security(Scope.WRITE)
 IfMatch = Annotated[
     str | None,
     HeaderParameter(name="If-Match", description='Apply only if the widget is still at this version: `"<version>"`.'),
 ]
+IfNoneMatch = Annotated[
+    str | None,
+    HeaderParameter(
+        name="If-None-Match", description='The `ETag` of the copy the client holds: `"<version>"` (or a list, or `*`).'
+    ),
+]
+NOT_MODIFIED = {
+    304: ResponseSpec(
+        data_container=None, description="Not Modified: the widget is still at the version sent in `If-None-Match`."
+    )
+}
+
+
+def read_cache_control(*, private: bool) -> CacheControlHeader:
+    """How caches may keep widget reads. A widget changes whenever a command is applied, and a client that saw the
+    change's event must then read the change: `no-cache` lets a cache keep its copy but ask first every time (a
+    `304` with no body while the ETag holds), where even a short `max-age` would serve the old version after the
+    event. `private` where a key was needed to read: a shared cache would hand the response to anyone."""
+    return CacheControlHeader(no_cache=True, private=True if private else None)
+
+
+class NotModified(Response[Widget]):
+    """`304 Not Modified`: the client's copy is current. Litestar has no conditional reads for a handler's responses
+    (its `etag` parameter is one fixed value per route), and runs the handler's return DTO on whatever the handler
+    returns, which cannot encode a `None`: the widget goes in as content and is never rendered."""
+
+    def __init__(self, widget: Widget, etag: str) -> None:
+        super().__init__(widget, status_code=304, headers={"ETag": etag})
+
+    def render(self, *_: Any, **__: Any) -> bytes:
+        return b""
 
 
 @get(
     "/widgets",
-    return_dto=WidgetRead,
     responses=problem_responses(*READ_PROBLEMS),
     dependencies={"filters": Provide(provide_widget_filters, sync_to_thread=False)},
 )
@@ -56,13 +92,18 @@ async def list_widgets(
     return widgets.to_schema(items, total, filters=filters)
 
 
-@get("/widgets/{sku:str}", return_dto=WidgetRead, responses=problem_responses(*READ_PROBLEMS, "widget-not-found"))
-async def get_widget(widgets: NamedDependency[WidgetService], sku: SkuPath) -> Response[Widget]:
-    """One widget, with its version as the `ETag`."""
+@get("/widgets/{sku:str}", responses=problem_responses(*READ_PROBLEMS, "widget-not-found") | NOT_MODIFIED)
+async def get_widget(
+    widgets: NamedDependency[WidgetService], sku: SkuPath, if_none_match: IfNoneMatch = None
+) -> Response[Widget]:
+    """One widget, with its version as the `ETag`; `304 Not Modified` with no body while `If-None-Match` names it."""
     widget = await widgets.get_one_or_none(sku=sku)
     if widget is None:
         raise WidgetNotFound(f"No widget has sku {sku!r}.")
-    return Response(widget, headers={"ETag": f'"{widget.version}"'})
+    etag = f'"{widget.version}"'
+    if if_none_match is not None and _names(if_none_match, etag):
+        return NotModified(widget, etag)
+    return Response(widget, headers={"ETag": etag})
 
 
 @post(
@@ -71,6 +112,7 @@ async def get_widget(widgets: NamedDependency[WidgetService], sku: SkuPath) -> R
     return_dto=None,
     status_code=202,
     guards=WRITE_GUARDS,
+    security=WRITE_SECURITY,
     responses=command_responses("widget-exists", "internal"),
 )
 async def create_widget(
@@ -88,6 +130,7 @@ async def create_widget(
     return_dto=None,
     status_code=202,
     guards=WRITE_GUARDS,
+    security=WRITE_SECURITY,
     responses=command_responses("widget-not-found", "conflict", "internal", outcome=UPDATED),
 )
 async def update_widget(
@@ -111,6 +154,7 @@ async def update_widget(
     return_dto=None,
     status_code=202,
     guards=WRITE_GUARDS,
+    security=WRITE_SECURITY,
     responses=command_responses("widget-not-found", "conflict", "internal", outcome=DELETED),
 )
 async def delete_widget(
@@ -124,6 +168,7 @@ async def delete_widget(
     "/widgets/imports",
     status_code=202,
     guards=WRITE_GUARDS,
+    security=WRITE_SECURITY,
     request_max_body_size=MAX_IMPORT_BYTES,
     operation_class=ImportOperation,
     responses=command_responses("payload-too-large", "unsupported-media-type", "internal", outcome=IMPORTED),
@@ -134,6 +179,12 @@ async def import_widgets(request: Request[Any, Any, Any], intake: NamedDependenc
     checked alone: the rows that break a rule are reported in the command's `result`, and the rest are applied."""
     media_type, _ = request.content_type
     return await intake.submit_import(parse_import(media_type, await request.body()))
+
+
+def _names(if_none_match: str, etag: str) -> bool:
+    """Whether `If-None-Match` is `*` or lists the ETag, compared weakly (`W/` ignored) as RFC 9110 (13.1.2) asks."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 def _expected_version(if_match: str | None) -> int | None:

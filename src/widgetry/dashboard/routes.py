@@ -25,6 +25,7 @@ from litestar.template import TemplateConfig
 from widgetry.api.commands import get_command
 from widgetry.api.events import STILL_SIGNED_IN, stream_events
 from widgetry.api.limits import RATE_LIMIT_EXEMPT
+from widgetry.api.schemas import WidgetRead
 from widgetry.api.security import AUTHENTICATE
 from widgetry.api.widgets import create_widget, delete_widget, import_widgets, list_widgets, update_widget
 from widgetry.dashboard.headers import SecurityHeaders
@@ -63,7 +64,7 @@ async def dashboard(request: Request[Any, Any, Any]) -> Template:
         context={
             "csrf_token": csrf_token(request),
             "csrf_header": CSRF_HEADER,
-            "client": client[:12],
+            "client": client.fingerprint[:12],
             "version": version("widgetry"),
         },
     )
@@ -83,7 +84,7 @@ async def sign_in(
     client = await request.app.state.api_keys.authenticate(key)
     if client is None:
         return _sign_in_page("That API key is not accepted: check it, or ask for a new one.", status_code=401)
-    await start_session(request, client)
+    await start_session(request, client.fingerprint)
     return Redirect("/", status_code=303)
 
 
@@ -114,6 +115,7 @@ def dashboard_routers(settings: Settings) -> list[Router]:
                 Router(
                     "/ui",
                     guards=[signed_in],
+                    return_dto=WidgetRead,
                     opt={AUTHENTICATE: session_client, STILL_SIGNED_IN: session_lives_on},
                     route_handlers=[
                         list_widgets,

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from litestar.stores.base import Store
     from litestar.types import Message, ScopeSession
 
+    from widgetry.api.security import Client
+
 SESSION_STORE = "sessions"
 SESSION_COOKIE = "widgetry_session"
 SESSION_ID_BYTES = 32
@@ -175,15 +177,16 @@ def carries_csrf_token(connection: ASGIConnection) -> bool:
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-async def session_client(connection: ASGIConnection) -> str | None:
-    """The dashboard's scheme: the fingerprint of the key the session signed in with while that key is still
-    accepted, else `None`. A write without the session's token is refused outright (403)."""
+async def session_client(connection: ASGIConnection) -> Client | None:
+    """The dashboard's scheme: the client of the key the session signed in with (its scopes too) while that key is
+    still accepted, else `None`. A write without the session's token is refused outright (403)."""
     fingerprint = _session(connection).get(CLIENT)
-    if not fingerprint or not await connection.app.state.api_keys.is_active(fingerprint):
+    client = await connection.app.state.api_keys.client(fingerprint) if fingerprint else None
+    if client is None:
         return None
     if connection.scope.get("method", "GET") not in SAFE_METHODS and not carries_csrf_token(connection):
         raise PermissionDeniedException(f"This write lacks the session's {CSRF_HEADER} header: reload the page.")
-    return fingerprint
+    return client
 
 
 async def signed_in(connection: ASGIConnection, _: BaseRouteHandler) -> None:

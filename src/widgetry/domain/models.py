@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -11,8 +12,9 @@ from advanced_alchemy.base import BigIntAuditBase, BigIntBase, DefaultBase, UUID
 from advanced_alchemy.types import JsonB
 from advanced_alchemy.types.datetime import DateTimeUTC
 from litestar.params import KwargDefinition
-from sqlalchemy import BigInteger, Index, String, Text, text
+from sqlalchemy import BigInteger, Dialect, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?!\n)$"  # the lookahead: Python's `$` also matches before a final "\n"
 NAME_MAX_LENGTH = 200
@@ -42,8 +44,11 @@ class Widget(BigIntAuditBase):
 
     __tablename__ = "widgets"
 
-    PRIVATE_FIELDS = frozenset({"id", "internal_notes"})
-    """Never leave the service: excluded from the read DTO and from event payloads alike."""
+    SURROGATE_FIELDS = frozenset({"id"})
+    """The database's own key: no route takes it (a widget is named by its sku), so no view shows it."""
+    PRIVATE_FIELDS = SURROGATE_FIELDS | {"internal_notes"}
+    """Never leave the service but through the admin view: excluded from the public read DTO and from event payloads
+    alike."""
     SERVER_FIELDS = frozenset({"id", "version", "created_at", "updated_at"})
     """Set by the service, never by a client."""
 
@@ -136,6 +141,29 @@ class EventRecord(BigIntBase):
     stream_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
+class Scope(StrEnum):
+    """What a key may do beyond reading."""
+
+    WRITE = "write"
+    """Send commands."""
+    ADMIN = "admin"
+    """Read widgets' internal fields, open the queue's UI (`/saq`), and `/metrics` when reads are protected."""
+
+
+class ScopeSet(TypeDecorator[frozenset[Scope]]):
+    """A key's scopes in one column, space-separated as OAuth writes them (RFC 6749, 3.3): stored and compared the
+    same way on SQLite and PostgreSQL, and readable in either one's shell."""
+
+    impl = String(100)
+    cache_ok = True
+
+    def process_bind_param(self, value: frozenset[Scope] | None, dialect: Dialect) -> str | None:
+        return None if value is None else " ".join(scope for scope in Scope if scope in value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> frozenset[Scope] | None:
+        return None if value is None else frozenset(Scope(scope) for scope in value.split())
+
+
 class ApiKey(UUIDv7Base):
     """A key made by `widgetry keys create`: only its digest is stored, the key itself is shown once. Revoked keys
     stay, so their names and fingerprints still mean something in the list."""
@@ -149,3 +177,5 @@ class ApiKey(UUIDv7Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     """When a web process last checked it against this table: to within the key cache's lifetime."""
     revoked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    scopes: Mapped[frozenset[Scope]] = mapped_column(ScopeSet, server_default=Scope.WRITE.value)
+    """Keys made before scopes existed could write, and keep that."""

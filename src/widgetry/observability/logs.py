@@ -79,6 +79,9 @@ def structlog_plugin(settings: Settings) -> StructlogPlugin:
         root={"handlers": ["queue_listener"], "level": settings.log_level},
         loggers={
             "litestar": {"level": settings.log_level, "handlers": ["queue_listener"], "propagate": False},
+            # aiosqlite logs each statement with its parameters at the debug level: what widgets hold, their internal
+            # notes among it, would reach the log.
+            "aiosqlite": {"level": "INFO"},
         },
     )
     return StructlogPlugin(

@@ -1,4 +1,5 @@
-"""API keys kept in the database: made by `widgetry keys create`, listed, revoked; only their digests are stored."""
+"""API keys kept in the database: made by `widgetry keys create` with their scopes, listed, revoked; only their digests
+are stored."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import or_, select, update
 
-from widgetry.domain.models import ApiKey
+from widgetry.domain.models import ApiKey, Scope
 
 KEY_PREFIX = "wdg_"
 """Marks a widgetry key wherever it turns up (a log, a paste, a secret scanner's findings)."""
 KEY_BYTES = 32
+DEFAULT_SCOPES = frozenset({Scope.WRITE})
+"""A key made without naming its scopes writes, as every key did before there were scopes."""
 FINGERPRINT_PREFIX_MIN = 6
 """The shortest fingerprint prefix `revoke` takes, so a slip of the keyboard does not pick a key at random."""
 
@@ -41,14 +44,14 @@ class ApiKeyRepository(SQLAlchemyAsyncRepository[ApiKey]):
 class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
     repository_type = ApiKeyRepository
 
-    async def issue(self, name: str | None = None) -> tuple[ApiKey, str]:
-        """Stores a new key's digest and returns the record with the key itself, which is nowhere else."""
+    async def issue(self, name: str | None = None, scopes: frozenset[Scope] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
+        """Stores a new key's digest and scopes, and returns the record with the key itself, which is nowhere else."""
         key = KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
         fingerprint = digest(key)
         name = name or f"key-{fingerprint[:8]}"
         if await self.exists(name=name):
             raise KeyNameTaken(f"A key named {name!r} exists already (revoked keys keep their names).")
-        record = ApiKey(name=name, digest=fingerprint, created_at=datetime.now(UTC))
+        record = ApiKey(name=name, digest=fingerprint, scopes=scopes, created_at=datetime.now(UTC))
         return await self.create(record, auto_commit=True), key
 
     async def listed(self) -> list[ApiKey]:
@@ -75,15 +78,17 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
             key = await self.update(key, auto_commit=True)
         return key
 
-    async def check(self, fingerprint: str) -> bool:
-        """Whether a stored key with this digest is accepted, noting when it was. Read first: an unknown key must not
-        take SQLite's one write lock."""
+    async def check(self, fingerprint: str) -> frozenset[Scope] | None:
+        """The scopes of the accepted stored key with this digest, noting when it was used; `None` for an unknown or
+        revoked key. Read first: an unknown key must not take SQLite's one write lock."""
         session = self.repository.session
-        key_id = await session.scalar(
-            select(ApiKey.id).where(ApiKey.digest == fingerprint, ApiKey.revoked_at.is_(None))
-        )
-        if key_id is None:
-            return False
-        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=datetime.now(UTC)))
+        found = (
+            await session.execute(
+                select(ApiKey.id, ApiKey.scopes).where(ApiKey.digest == fingerprint, ApiKey.revoked_at.is_(None))
+            )
+        ).one_or_none()
+        if found is None:
+            return None
+        await session.execute(update(ApiKey).where(ApiKey.id == found.id).values(last_used_at=datetime.now(UTC)))
         await session.commit()
-        return True
+        return found.scopes
