@@ -31,6 +31,7 @@ from widgetry.api.limits import (
     rate_limit_config,
     rate_limit_store,
 )
+from widgetry.api.metrics import MetricsController, metrics_guard
 from widgetry.api.ops import health, ready
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.security import ApiKeys, api_key_guard
@@ -47,7 +48,7 @@ from widgetry.connections import Connections, build_alchemy
 from widgetry.dashboard.routes import dashboard_routers, template_config
 from widgetry.dashboard.sessions import SESSION_STORE, session_store
 from widgetry.observability.logs import structlog_plugin
-from widgetry.observability.metrics import Counts, MetricsController, flushing, prometheus_config
+from widgetry.observability.metrics import Counts, Exposition, flushing, prometheus_config
 from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
@@ -98,7 +99,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 route_handlers=[health, ready, list_problem_types, get_problem_type, asyncapi_document],
                 opt={RATE_LIMIT_EXEMPT: True},
             ),
-            Router("/", route_handlers=[MetricsController], opt={RATE_LIMIT_EXEMPT: True}),
+            Router(
+                "/",
+                route_handlers=[MetricsController],
+                guards=[metrics_guard] if settings.metrics_protected else [],
+            ),
             create_static_files_router(
                 SCHEMA_ASSETS, directories=[swagger_ui_path], opt={RATE_LIMIT_EXEMPT: True}, include_in_schema=False
             ),
@@ -126,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "connections": connections,
                 "hub": hub,
                 "queue": queue,
+                "exposition": Exposition(),
                 "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
                 "api_keys": ApiKeys(
