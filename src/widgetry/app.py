@@ -33,6 +33,7 @@ from widgetry.api.limits import (
 )
 from widgetry.api.metrics import MetricsController, metrics_guard
 from widgetry.api.ops import health, ready
+from widgetry.api.options import allow_every_method
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.security import ApiKeys, api_key_guard
 from widgetry.api.widgets import (
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *dashboard_routers(settings),
         ],
         dependencies=DEPENDENCIES,
+        before_send=[allow_every_method],
         middleware=[prometheus_config().middleware, *([rate_limit.middleware] if rate_limit else [])],
         stores={
             SESSION_STORE: session_store(connections.redis, settings),
