@@ -33,7 +33,9 @@ from widgetry.api.limits import (
     rate_limit_config,
     rate_limit_store,
 )
+from widgetry.api.metrics import MetricsController, metrics_guard
 from widgetry.api.ops import health, ready
+from widgetry.api.options import allow_every_method
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.schemas import WidgetRead
 from widgetry.api.security import ANONYMOUS, SECURITY_SCHEMES, ApiKeys, admin_guard, api_key_guard, key_security
@@ -51,7 +53,7 @@ from widgetry.connections import Connections, build_alchemy
 from widgetry.dashboard.routes import dashboard_routers, template_config
 from widgetry.dashboard.sessions import SESSION_STORE, session_store
 from widgetry.observability.logs import structlog_plugin
-from widgetry.observability.metrics import Counts, MetricsController, flushing, prometheus_config
+from widgetry.observability.metrics import Counts, Exposition, flushing, prometheus_config
 from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
@@ -108,12 +110,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 security=ANONYMOUS,
             ),
             # Metrics tell how busy the service is and what it is asked: where reads are not for everyone, they are
-            # for operators.
+            # for operators (an admin key) and for scrapers (the metrics token, which can do nothing else).
             Router(
                 "/",
-                guards=[admin_guard] if settings.protect_reads else [],
                 route_handlers=[MetricsController],
-                opt={RATE_LIMIT_EXEMPT: True},
+                guards=[metrics_guard] if settings.metrics_protected else [],
             ),
             create_static_files_router(
                 SCHEMA_ASSETS, directories=[swagger_ui_path], opt={RATE_LIMIT_EXEMPT: True}, include_in_schema=False
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *dashboard_routers(settings),
         ],
         dependencies=DEPENDENCIES,
+        before_send=[allow_every_method],
         middleware=[prometheus_config().middleware, *([rate_limit.middleware] if rate_limit else [])],
         stores={
             SESSION_STORE: session_store(connections.redis, settings),
@@ -144,6 +146,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "connections": connections,
                 "hub": hub,
                 "queue": queue,
+                "exposition": Exposition(),
                 "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
                 "api_keys": ApiKeys.configured(settings, connections.alchemy),

@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     workers: WorkerMode = WorkerMode.INPROCESS
     protect_reads: bool = False
     """Put reads and the event stream behind API keys too (health, readiness and the schema stay public)."""
+    metrics_token: str | None = None
+    """A credential for scrapers, sent as an API key is, that reads `/metrics` and nothing else. Setting it, or
+    `protect_reads`, puts `/metrics` behind it and the API keys; with neither, `/metrics` is public."""
     worker_concurrency: int = 10
     redis_prefix: str = "widgetry"
     """Namespaces every Redis key (queue and event stream), so several deployments or test runs share a server."""
@@ -145,6 +148,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         if not (found := RATE_LIMIT.match(self.rate_limit)):
             return None
         return cast("RateUnit", found["unit"]), int(found["count"])
+
+    @property
+    def metrics_protected(self) -> bool:
+        return self.protect_reads or bool(self.metrics_token)
 
     @property
     def queue_name(self) -> str:

@@ -142,3 +142,26 @@ async def test_stream_sends_retry_once_and_keepalive_comments(tmp_path: Path) ->
     assert lines[0] == "retry: 3000"
     assert lines.count(": ping") == 2
     assert not [line for line in lines if line.startswith("data:")]
+
+
+HOSTILE_HEADERS = [b"\xb2-1", b"1-\xb9", ("9" * 5_000 + "-0").encode(), ("0-" + "9" * 5_000).encode(), b"\xff\xfe-\x80"]
+"""`Last-Event-ID` values as they come off the wire (bytes past ASCII are Latin-1 to the server)."""
+HOSTILE_QUERIES = ["²-1", "١٢-٣", "9" * 5_000 + "-0", "%FF-1"]
+
+
+async def test_hostile_cursors_get_stream_reset_then_live_events_and_no_server_error(server: Server) -> None:
+    cases = [{"headers": {"Last-Event-ID": value}} for value in HOSTILE_HEADERS]
+    cases += [{"params": {"last_event_id": value}} for value in HOSTILE_QUERIES]
+    for number, case in enumerate(cases):
+        sku = f"E2E-H{number}"
+
+        async def create(sku: str = sku) -> None:
+            async with httpx.AsyncClient(base_url=server.url, headers=AUTH | WAIT) as client:
+                response = await client.post("/widgets", json={"sku": sku, "name": "x", "price_cents": 1})
+                assert response.status_code == 200
+
+        events, _ = await watch_while(f"{server.url}/widgets/{sku}/events", 2, create, **case)
+
+        assert [e.event for e in events] == ["stream.reset", "widget.created"], case
+    assert "Exception in ASGI application" not in server.output
+    assert "Traceback" not in server.output

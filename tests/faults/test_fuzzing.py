@@ -39,6 +39,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from litestar import Litestar
 
@@ -233,3 +234,97 @@ async def test_fuzzed_requests_get_no_5xx_only_problems_and_refused_writes_chang
     assert findings.non_problems == [], "\n".join(findings.non_problems[:10])
     assert findings.writes_on_rejected == [], "\n".join(findings.writes_on_rejected[:10])
     assert findings.keyless_writes_accepted == [], "\n".join(findings.keyless_writes_accepted[:10])
+
+
+CURSOR_EXAMPLES = int(os.environ.get("WIDGETRY_FUZZ_CURSOR_EXAMPLES", "60"))
+"""Cursors per kind (header bytes, query text), each sent to both event streams, with and without a key."""
+EVENT_STREAMS = ("/events", "/widgets/FUZZ-1/events")
+CONTROL_BYTES = frozenset(b"\r\n\x00")
+"""What an HTTP/1.1 server never hands an app inside a header value."""
+
+
+def hostile_cursors() -> tuple[list[bytes], list[str]]:
+    """`Last-Event-ID` header values as bytes on the wire (the app reads them as Latin-1), and `last_event_id` query
+    values as text (the app reads percent-encoded UTF-8): digits of every script, numbers past `int`'s 4,300-digit
+    limit, stream-id parts past 64 bits, and anything else; the same ones on every run."""
+    digits = st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=30)
+    huge = st.integers(4_300, 12_000).map(lambda places: "9" * places)
+    past_64_bits = st.integers(2**64, 2**80).map(str)
+    part = st.one_of(digits, huge, past_64_bits, st.text(max_size=40))
+    as_text = st.one_of(st.tuples(part, part).map("-".join), part)
+    as_latin_1 = st.one_of(
+        as_text.map(lambda text: text.encode("latin-1", "replace")),
+        st.binary(max_size=200),
+    ).filter(lambda value: not CONTROL_BYTES & set(value))
+    return _examples(as_latin_1), _examples(as_text)
+
+
+def _examples(strategy: st.SearchStrategy[Any]) -> list[Any]:
+    found: list[Any] = []
+
+    @hypothesis.settings(
+        max_examples=CURSOR_EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis.given(strategy)
+    def collect(value: Any) -> None:
+        found.append(value)
+
+    collect()
+    return found
+
+
+def raising_after_start(app: ASGIApp, failures: list[str]) -> ASGIApp:
+    """The app, with an exception it raises once its response has started noted in `failures` and not raised: the
+    client has a 200 and a stream that died, which is what it must never get."""
+
+    async def asgi(scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[..., Any]) -> None:
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, watched)
+        except Exception as error:
+            if not started:
+                raise
+            failures.append(
+                f"{scope['path']}?{scope['query_string'][:80]!r} headers={scope['headers']!r:.300}: {error!r}"
+            )
+
+    return asgi
+
+
+async def test_hostile_cursors_on_the_event_streams_get_no_5xx_and_no_dead_stream(app: Litestar) -> None:
+    started = time.monotonic()
+    findings = Findings()
+    dead_streams: list[str] = []
+    transport = httpx.ASGITransport(app=raising_after_start(cut_event_streams(app), dead_streams))
+    headers_sent, queries_sent = await asyncio.to_thread(hostile_cursors)
+    requests_to_send = [(path, {"Last-Event-ID": value}, {}) for value in headers_sent for path in EVENT_STREAMS] + [
+        (path, {}, {"last_event_id": value}) for value in queries_sent for path in EVENT_STREAMS
+    ]
+    async with running(app), httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        for path, headers, params in requests_to_send:
+            for auth in ({}, AUTH):
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    response = await client.get(path, headers=headers | auth, params=params)
+                findings.statuses[response.status_code] += 1
+                seen = f"GET {response.request.url} headers={headers} -> {response.status_code} {response.text[:300]}"
+                if response.status_code >= 500:
+                    findings.server_errors.append(seen)
+                if response.status_code >= 400 and (defect := problem_defect(response)):
+                    findings.non_problems.append(f"{seen}\n  ({defect})")
+    findings.server_errors += dead_streams
+
+    cases = len(headers_sent) + len(queries_sent)
+    report(f"{findings.summary(len(EVENT_STREAMS), cases)} (hostile cursors) in {time.monotonic() - started:.1f} s")
+    assert findings.server_errors == [], "\n".join(findings.server_errors[:10])
+    assert findings.non_problems == [], "\n".join(findings.non_problems[:10])

@@ -143,3 +143,35 @@ async def test_a_cursor_past_the_largest_stream_id_gets_stream_reset(hub: EventH
     await add(redis, 1)
 
     assert await take(hub.subscribe(Filter(), f"1-{2**64}"), 1) == [(None, "stream.reset")]
+
+
+HOSTILE_CURSORS = [
+    "²-1",
+    "1-²",
+    "١٢-3",
+    "9" * 5_000 + "-0",
+    "0-" + "9" * 5_000,
+    "1" * 21 + "-0",
+    "+1-1",
+    "1_0-1",
+    "0x1-1",
+    "1-2\x00",
+    "-" * 100_000,
+    "\udcff-1",
+]
+"""Cursors a client may send that are no stream id: digits `int` refuses, numbers past its 4,300-digit limit,
+numbers too long for a stream id, and garbage."""
+
+
+@pytest.mark.parametrize("cursor", HOSTILE_CURSORS, ids=range(len(HOSTILE_CURSORS)))
+async def test_a_hostile_cursor_gets_stream_reset_then_live_events(
+    hub: EventHub, redis: FakeRedis, cursor: str
+) -> None:
+    stream = hub.subscribe(Filter(), cursor)
+
+    reset = await take(stream, 1)
+    live = await add(redis, 1)
+
+    assert reset == [(None, "stream.reset")]
+    assert await take(stream, 1) == [(live[0], "widget.updated")]
+    await stream.aclose()

@@ -68,3 +68,41 @@ def test_log_format_follows_the_setting_and_else_the_terminal() -> None:
     assert not writes_json(Settings(log_format=LogFormat.CONSOLE))
     # Under pytest stderr is captured, not a terminal: auto means JSON.
     assert writes_json(Settings())
+
+
+CREDENTIAL_QUERIES = {
+    "api_key": "QS-SECRET-1",
+    "key": "QS-SECRET-2",
+    "token": "QS-SECRET-3",
+    "access_token": "QS-SECRET-4",
+    "X-API-Key": "QS-SECRET-5",
+    "api%5Fkey": "QS-SECRET-6",
+}
+"""Credential-like query parameters as they are sent (names already percent-encoded where they need it)."""
+
+
+def test_credentials_in_the_query_string_are_redacted_from_every_log_line(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    try:
+        statuses = [
+            httpx.get(f"{server.url}/widgets/Q-1?sku=Q-1&{name}={secret}&limit=1").status_code
+            for name, secret in CREDENTIAL_QUERIES.items()
+        ]
+        refused = httpx.post(
+            f"{server.url}/widgets?api_key=QS-SECRET-7", json={"sku": "Q-1", "name": "q", "price_cents": 1}
+        )
+
+        def access_lines() -> list[str]:
+            return [line["event"] for line in json_lines(server.output) if line.get("logger") == "uvicorn.access"]
+
+        wait_until(lambda: len(access_lines()) >= len(statuses) + 1, 10, f"the access log lines\n{server.output}")
+    finally:
+        server.stop()
+
+    assert statuses == [404] * len(CREDENTIAL_QUERIES)
+    assert refused.status_code == 401
+    assert "QS-SECRET" not in server.output
+    logged = access_lines()
+    for name in CREDENTIAL_QUERIES:
+        assert any(f"/widgets/Q-1?sku=Q-1&{name}=[redacted]&limit=1 " in line for line in logged), (name, logged)
+    assert any("/widgets?api_key=[redacted] " in line for line in logged), logged

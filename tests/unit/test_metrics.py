@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
+from litestar import Litestar
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import API_KEY, AUTH, WAIT, serve
+from tests.support import ADMIN, API_KEY, AUTH, WAIT, serve
+from tests.unit.test_bad_input import assert_problem
 from widgetry.app import create_app
+from widgetry.observability.metrics import Exposition
 from widgetry.settings import Settings, WorkerMode
 
 
@@ -106,11 +113,16 @@ async def test_metrics_show_unfinished_commands_while_no_worker_runs(
     assert found[("widgetry_workers", ())] == 0
 
 
-async def test_metrics_answer_when_the_database_is_gone(app_and_client: tuple[object, httpx.AsyncClient]) -> None:
+async def test_metrics_answer_when_the_database_is_gone(app_and_client: tuple[Litestar, httpx.AsyncClient]) -> None:
     app, client = app_and_client
-    await app.state.connections.alchemy.get_engine().dispose()  # type: ignore[attr-defined]
-    Path("widgetry.db").unlink()
-    Path("widgetry.db").mkdir()  # a directory where the file was: every connection fails
+    database = Path("widgetry.db")
+    # A directory where the file was: every new connection fails. The app's background tasks keep connecting, and
+    # one may create the file again between the two calls; the pool is emptied once the directory stands.
+    while not database.is_dir():
+        database.unlink(missing_ok=True)
+        with contextlib.suppress(FileExistsError):
+            database.mkdir()
+    await app.state.connections.alchemy.get_engine().dispose()
 
     response = await client.get("/metrics")
 
@@ -121,18 +133,110 @@ async def test_metrics_answer_when_the_database_is_gone(app_and_client: tuple[ob
     assert ("widgetry_relay_backlog_events", ()) not in found
 
 
-async def test_metrics_are_never_rate_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_anonymous_scrapes_count_against_the_address_and_keyed_ones_against_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     app = create_app(Settings(api_keys=(API_KEY,), rate_limit="2/minute"))
     async with serve(app) as client:
-        scrapes = [(await client.get("/metrics")).status_code for _ in range(4)]
-        reads = [(await client.get("/widgets")).status_code for _ in range(3)]
+        anonymous = [await client.get("/metrics") for _ in range(3)]
+        keyed = [(await client.get("/metrics", headers=AUTH)).status_code for _ in range(2)]
 
-    assert scrapes == [200, 200, 200, 200]
-    assert reads[-1] == 429
+    assert [response.status_code for response in anonymous[:2]] == [200, 200]
+    assert_problem(anonymous[2], 429)
+    assert keyed == [200, 200]
+
+
+PROMETHEUS_3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;"
+    "version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        (None, "text/plain; version=0.0.4; charset=utf-8"),
+        ("text/plain", "text/plain; version=0.0.4; charset=utf-8"),
+        ("text/plain;q=1e999, application/openmetrics-text;q=nan", "text/plain; version=0.0.4; charset=utf-8"),
+        (PROMETHEUS_3_ACCEPT, "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    ],
+)
+async def test_metrics_are_served_in_exactly_one_prometheus_media_type(
+    client: httpx.AsyncClient, accept: str | None, content_type: str
+) -> None:
+    await client.get("/widgets")  # so that Litestar's HTTP metrics have a series
+    response = await client.get("/metrics", headers={"Accept": accept} if accept else {})
+
+    assert response.status_code == 200
+    assert response.headers.get_list("content-type") == [content_type]
+    parse = (
+        openmetrics_families
+        if content_type.startswith("application/openmetrics-text")
+        else text_string_to_metric_families
+    )
+    families = {family.name for family in parse(response.text)}
+    assert {"widgetry_commands_unfinished", "widgetry_http_requests"} <= families
+
+
+async def test_scrapes_share_one_rendering_until_it_is_older_than_its_max_age(
+    app_and_client: tuple[Litestar, httpx.AsyncClient],
+) -> None:
+    app, client = app_and_client
+    app.state.exposition = Exposition(max_age=60)
+
+    def accepted(response: httpx.Response) -> float:
+        return samples(response.text).get(("widgetry_commands_accepted_total", (("type", "create_widget"),)), 0)
+
+    first = await client.get("/metrics")
+    created = await client.post("/widgets", json={"sku": "C-1", "name": "c", "price_cents": 1}, headers=AUTH | WAIT)
+    second = await client.get("/metrics")
+    app.state.exposition.max_age = 0
+    third = await client.get("/metrics")
+
+    assert created.status_code == 200
+    assert second.content == first.content
+    assert accepted(second) == 0
+    assert accepted(third) == 1
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"protect_reads": True}, {"metrics_token": "scrape-token"}, {"protect_reads": True, "metrics_token": "t"}],
+    ids=["protected reads", "metrics token", "both"],
+)
+async def test_protected_metrics_need_an_admin_key_or_the_metrics_token(
+    embedded_settings: Settings, settings: dict[str, object]
+) -> None:
+    app = create_app(msgspec.structs.replace(embedded_settings, **settings))
+    token = settings.get("metrics_token")
+    async with serve(app) as client:
+        anonymous = await client.get("/metrics")
+        wrong = await client.get("/metrics", headers={"Authorization": "Bearer wrong-token"})
+        writer = await client.get("/metrics", headers=AUTH)
+        admin = await client.get("/metrics", headers=ADMIN)
+        by_token = [
+            (await client.get("/metrics", headers=headers)).status_code
+            for headers in ({"X-API-Key": str(token)}, {"Authorization": f"Bearer {token}"})
+            if token
+        ]
+        write_by_token = await client.post(
+            "/widgets", json={"sku": "T-1", "name": "t", "price_cents": 1}, headers={"X-API-Key": str(token)}
+        )
+
+    assert_problem(anonymous, 401)
+    assert_problem(wrong, 401)
+    assert_problem(writer, 403)
+    assert admin.status_code == 200
+    assert by_token == ([200, 200] if token else [])
+    assert_problem(write_by_token, 401)
+
+
+async def test_metrics_stay_public_unless_protected(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/metrics")).status_code == 200
 
 
 @pytest.fixture
-async def app_and_client(app: object) -> object:
-    async with serve(app) as client:  # type: ignore[arg-type]
+async def app_and_client(app: Litestar) -> AsyncIterator[tuple[Litestar, httpx.AsyncClient]]:
+    async with serve(app) as client:
         yield app, client

@@ -10,8 +10,10 @@ Each line's `event` says what happened; lines about a command carry its `command
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
+from urllib.parse import unquote_plus
 
 import structlog
 from litestar.logging.config import LoggingConfig, StructLoggingConfig
@@ -28,6 +30,26 @@ def _drop_color_message(_logger: object, _method: str, event: structlog.typing.E
     return event
 
 
+QUERY_PARAMETER = re.compile(r"(?<=[?&;])([^=&;#\s\"']+)=([^&;#\s\"']*)")
+CREDENTIAL_NAME = re.compile(r"key|token|secret|passw|pwd|auth|credential|signature|session", re.IGNORECASE)
+"""Query parameter names that may carry a credential (`api_key`, `key`, `token`, `access_token`, ...). Keys are
+refused in the query string, yet the request line that carried one is logged, by uvicorn's access log first."""
+REDACTED = "[redacted]"
+
+
+def _redact_parameter(found: re.Match[str]) -> str:
+    name = found[1]
+    return f"{name}={REDACTED}" if CREDENTIAL_NAME.search(unquote_plus(name)) else found[0]
+
+
+def redact_credentials(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """Replaces the value of every credential-like query parameter in the line's text (message, fields, traceback)."""
+    for name, value in event.items():
+        if isinstance(value, str) and "=" in value:
+            event[name] = QUERY_PARAMETER.sub(_redact_parameter, value)
+    return event
+
+
 def writes_json(settings: Settings) -> bool:
     if settings.log_format is LogFormat.AUTO:
         return not sys.stderr.isatty()
@@ -35,10 +57,14 @@ def writes_json(settings: Settings) -> bool:
 
 
 def _render(settings: Settings) -> list[structlog.typing.Processor]:
+    """The last processors of every line, structlog's and the standard library's alike."""
     if writes_json(settings):
-        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        return [structlog.processors.format_exc_info, redact_credentials, structlog.processors.JSONRenderer()]
     # The console renderer formats exceptions itself, with their traceback.
-    return [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and settings.log_format is LogFormat.AUTO)]
+    return [
+        redact_credentials,
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and settings.log_format is LogFormat.AUTO),
+    ]
 
 
 def _standard_library_formatter(settings: Settings) -> dict[str, Any]:
