@@ -15,7 +15,10 @@ event reader and connection pools must share one loop with the requests (`tests.
   once without an API key and once with one plus, in turn, the contract's headers with meaningful values
   (`If-Match`, `Idempotency-Key` fresh or reused, `Prefer: wait`): generated values of those rarely mean anything;
 - an event stream never ends, and httpx's ASGI transport waits for the whole body: an event-stream response is cut
-  after its status and headers (the app then sees the client leave). A refused stream comes whole, as any error.
+  after its status and headers (the app then sees the client leave). A refused stream comes whole, as any error;
+- a schema says nothing of how deep or wide a body may be, so imports also get hand-made hostile bodies
+  (`hostile_imports`): nested far past any decoder's depth, and wide (millions of rows, or keys, or cells, up to the
+  10 MiB an import may be), as JSON and as CSV.
 
 Each write is bracketed by the number of command rows and of jobs ever queued (SAQ keeps a key per job): a refused
 write must leave both as they were. A command that was accepted and then failed, answered with its failure's
@@ -135,6 +138,46 @@ def _cases(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMo
     return cases
 
 
+IMPORTS = ("POST", "/widgets/imports")
+DEEP_LEVELS = 100_000
+"""Far deeper than any JSON decoder here recurses (about 1,000 levels)."""
+ROW = b'{"sku": "FUZZ-1", "name": "Fuzz", "price_cents": 1}'
+
+
+def hostile_imports(schema: dict[str, Any]) -> list[schemathesis.Case]:
+    """Import bodies nested too deep or too wide for any schema to say: each must be refused with a 4xx problem."""
+    deep_array = b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS
+    deep_object = b'{"a": ' * DEEP_LEVELS + b"1" + b"}" * DEEP_LEVELS
+    many_keys = b"{" + b", ".join(b'"k%d": %d' % (i, i) for i in range(200_000)) + b"}"
+    csv_header = b"sku,name,price_cents\n"
+    bodies = {
+        "application/json": [
+            deep_array,
+            deep_object,
+            b'{"widgets": ' + deep_array + b"}",
+            b'{"widgets": [' + ROW + b", " + deep_array + b"]}",
+            b'{"widgets": [' + ROW + b", " + deep_object + b"]}",
+            b'{"widgets": [{"sku": ' + deep_array + b', "name": "Deep", "price_cents": 1}]}',
+            b'{"widgets": [' + b",".join([b"{}"] * 3_000_000) + b"]}",
+            b'{"widgets": [' + b",".join([ROW] * 10_001) + b"]}",
+            b'{"widgets": [' + many_keys + b"]}",
+            many_keys,
+        ],
+        "text/csv": [
+            csv_header + b"a,b,1\n" * 1_700_000,
+            csv_header + b"".join(b"FUZZ-%d,Fuzz,1\n" % i for i in range(10_001)),
+            csv_header + b"FUZZ-1,Fuzz,1," + b",".join([b"x"] * 500_000) + b"\n",
+            b",".join(b"c%d" % i for i in range(200_000)) + b"\n" + b"a,b,1\n",
+            csv_header + b"\n" * 5_000_000,
+        ],
+    }
+    method, path = IMPORTS
+    operation = schemathesis.openapi.from_dict(schema)[path][method]
+    return [
+        operation.Case(body=body, media_type=media_type) for media_type, listed in bodies.items() for body in listed
+    ]
+
+
 @dataclass
 class Findings:
     statuses: Counter[int] = field(default_factory=Counter)
@@ -224,6 +267,7 @@ async def test_fuzzed_requests_get_no_5xx_only_problems_and_refused_writes_chang
         schema = (await client.get(SCHEMA_PATH)).raise_for_status().json()
         cases_by_operation = await asyncio.to_thread(generate, schema)
         cases = [case for operation_cases in cases_by_operation.values() for case in operation_cases]
+        cases += hostile_imports(schema)
         for number, case in enumerate(cases):
             await check(app, client, case, {}, findings)
             await check(app, client, case, AUTH | contract_headers(number), findings)

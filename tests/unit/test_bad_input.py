@@ -10,6 +10,7 @@ from litestar import Litestar
 
 from tests.support import API_KEY, AUTH
 from tests.unit.state import CommandRecord, count, queued_jobs
+from widgetry.api.problems import from_recursion
 
 GOOD = {"sku": "W-1", "name": "Widget", "price_cents": 100}
 
@@ -211,3 +212,98 @@ async def test_the_schema_says_which_write_bodies_are_refused(client: httpx.Asyn
     assert patch["additionalProperties"] is False
     assert patch["minProperties"] == 1
     assert patch["properties"]["price_cents"]["minimum"] == 0
+
+
+DEEP_LEVELS = 100_000
+"""Far deeper than any JSON decoder here recurses (about 1,000 levels)."""
+DEEP_ARRAY = b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS
+DEEP_OBJECT = b'{"a": ' * DEEP_LEVELS + b"1" + b"}" * DEEP_LEVELS
+DEEP_BODIES = {
+    "deep array": DEEP_ARRAY,
+    "deep object": DEEP_OBJECT,
+    "deep array in a field": b'{"sku": "W-1", "name": ' + DEEP_ARRAY + b', "price_cents": 1}',
+    "deep object in an unknown field": b'{"colour": ' + DEEP_OBJECT + b"}",
+    "deep array as an import's widgets": b'{"widgets": ' + DEEP_ARRAY + b"}",
+    "deep array as an import's row": b'{"widgets": [' + DEEP_ARRAY + b"]}",
+    "deep object as an import's row": b'{"widgets": [' + DEEP_OBJECT + b"]}",
+}
+JSON_WRITES = [("POST", "/widgets"), ("PATCH", "/widgets/W-1"), ("POST", "/widgets/imports")]
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_WRITES, ids=[f"{method} {path}" for method, path in JSON_WRITES])
+@pytest.mark.parametrize("body", DEEP_BODIES.values(), ids=DEEP_BODIES.keys())
+async def test_a_deeply_nested_json_body_is_a_4xx_problem_on_every_json_route(
+    client: httpx.AsyncClient, app: Litestar, method: str, path: str, body: bytes
+) -> None:
+    response = await client.request(method, path, content=body, headers=AUTH | {"Content-Type": "application/json"})
+
+    assert response.status_code in (400, 422), response.text
+    assert_problem(response, response.status_code)
+    await assert_nothing_happened(app)
+
+
+def test_a_recursion_error_not_raised_by_a_decoder_stays_a_fault_of_the_service() -> None:
+    assert from_recursion(RecursionError("maximum recursion depth exceeded")).status_code == 500
+    assert (
+        from_recursion(RecursionError("maximum recursion depth exceeded while deserializing an object")).status_code
+        == 400
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/widgets", b'{"sku": "W-1", "name": "Wid\xffget", "price_cents": 1}'),
+        ("PATCH", "/widgets/W-1", b'{"name": "\xc3"}'),
+        ("POST", "/widgets/imports", b'{"widgets": [{"sku": "W-1", "name": "\xed\xa0\x80", "price_cents": 1}]}'),
+    ],
+)
+async def test_a_json_body_that_is_not_utf_8_is_400(
+    client: httpx.AsyncClient, app: Litestar, method: str, path: str, body: bytes
+) -> None:
+    response = await client.request(method, path, content=body, headers=AUTH | {"Content-Type": "application/json"})
+
+    problem = assert_problem(response, 400)
+    assert problem["type"].endswith("/bad-request")
+    await assert_nothing_happened(app)
+
+
+MEDIA_TYPE_MISMATCHES = {
+    "create as text/plain": ("POST", "/widgets", GOOD, "text/plain"),
+    "create without a content type": ("POST", "/widgets", GOOD, None),
+    "create as a form": ("POST", "/widgets", GOOD, "application/x-www-form-urlencoded"),
+    "update as text/plain": ("PATCH", "/widgets/W-1", {"name": "x"}, "text/plain"),
+    "update as a merge patch": ("PATCH", "/widgets/W-1", {"name": "x"}, "application/merge-patch+json"),
+    "import as text/plain": ("POST", "/widgets/imports", {"widgets": [GOOD]}, "text/plain"),
+    "import without a content type": ("POST", "/widgets/imports", {"widgets": [GOOD]}, None),
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type"), MEDIA_TYPE_MISMATCHES.values(), ids=MEDIA_TYPE_MISMATCHES.keys()
+)
+async def test_a_body_sent_as_a_media_type_its_route_does_not_take_is_415(
+    client: httpx.AsyncClient, app: Litestar, method: str, path: str, body: object, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    content = json.dumps(body).encode()
+
+    response = await client.request(method, path, content=content, headers=AUTH | headers)
+    keyless = await client.request(method, path, content=content, headers=headers)
+
+    problem = assert_problem(response, 415)
+    assert problem["type"].endswith("/unsupported-media-type")
+    assert "application/json" in response.headers["accept"]
+    if method == "PATCH":
+        assert response.headers["accept-patch"] == "application/json"
+    assert_problem(keyless, 401)
+    await assert_nothing_happened(app)
+
+
+async def test_a_json_content_type_with_parameters_is_taken(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post(
+        "/widgets", content=json.dumps(GOOD), headers=AUTH | {"Content-Type": "Application/JSON; charset=utf-8"}
+    )
+
+    assert response.status_code == 202, response.text
+    assert await count(app, CommandRecord) == 1

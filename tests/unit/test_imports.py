@@ -3,12 +3,17 @@ applied, every row ordered with the other commands on its sku."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import tracemalloc
 from typing import Any
 from uuid import UUID
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
+from litestar.plugins.problem_details import ProblemDetailsException
 from litestar_saq import SAQPlugin
 from saq.queue import Queue
 from sqlalchemy import select
@@ -16,6 +21,8 @@ from sqlalchemy import select
 from tests.support import AUTH, WAIT
 from tests.unit.state import CommandRecord, count, outbox, stream, unpublish_everything, widget_row
 from tests.unit.test_commands import finished, redis_down
+from widgetry.api import widgets as widget_routes
+from widgetry.api.imports import MAX_IMPORT_BYTES, ParsedImport, parse_import
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService, RetryRefused
 from workers.jobs import fail_import, relay_unpublished, requeue_unfinished
@@ -183,9 +190,12 @@ async def test_the_same_import_with_the_same_idempotency_key_is_recorded_once(
         pytest.param(b"sku,name\nA,B\n", CSV, 422, id="csv without price_cents"),
         pytest.param(b"sku,name,price_cents,colour\nA,B,1,red\n", CSV, 422, id="csv unknown column"),
         pytest.param(b"sku,name,price_cents\n", CSV, 422, id="csv header only"),
-        pytest.param(b"sku,name,price_cents\n\xff,B,1\n", CSV, 422, id="csv not utf-8"),
+        pytest.param(b"sku,name,price_cents\n\xff,B,1\n", CSV, 400, id="csv not utf-8"),
+        pytest.param(b'{"widgets": [{"sku": "\xff"}]}', {"Content-Type": "application/json"}, 400, id="json not utf-8"),
         pytest.param(b"sku,name,price_cents\nbad sku,,x\n", CSV, 422, id="no valid row"),
         pytest.param(b"<widgets/>", {"Content-Type": "application/xml"}, 415, id="xml"),
+        pytest.param(b"sku,name,price_cents\nA,B,1\n", {"Content-Type": "text/plain"}, 415, id="csv as text/plain"),
+        pytest.param(b'{"widgets": [{"sku": "A", "name": "B", "price_cents": 1}]}', {}, 415, id="no content type"),
     ],
 )
 async def test_an_import_that_is_wrong_as_a_whole_is_refused_and_records_nothing(
@@ -207,6 +217,97 @@ async def test_more_than_ten_thousand_widgets_is_413(client: httpx.AsyncClient, 
     assert response.status_code == 413
     assert "10,000" in response.json()["detail"]
     assert await count(app, CommandRecord) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        pytest.param(
+            b"sku,name,price_cents\n" + b"".join(b"S%d,N,1\n" % i for i in range(20_000)) + b"\xff,not UTF-8\n",
+            CSV,
+            id="csv",
+        ),
+        pytest.param(
+            b'{"widgets": [' + b",".join(msgspec.json.encode(row) for row in widgets(20_000)) + b", not JSON",
+            {"Content-Type": "application/json"},
+            id="json",
+        ),
+    ],
+)
+async def test_reading_an_import_stops_at_the_first_row_past_ten_thousand(
+    client: httpx.AsyncClient, app: Litestar, body: bytes, headers: dict[str, str]
+) -> None:
+    # The body ends in bytes that would be refused on their own, 10,000 rows past the cap: they are never read.
+    response = await client.post("/widgets/imports", content=body, headers=AUTH | headers)
+
+    assert response.status_code == 413, response.text
+    assert "10,000" in response.json()["detail"]
+    assert await count(app, CommandRecord) == 0
+
+
+@pytest.mark.parametrize(
+    ("media_type", "body"),
+    [
+        pytest.param("text/csv", b"sku,name,price_cents\n" + b"a,b,1\n" * (MAX_IMPORT_BYTES // 6 - 4), id="csv"),
+        pytest.param(
+            "application/json", b'{"widgets": [' + b",".join([b"{}"] * (MAX_IMPORT_BYTES // 3 - 5)) + b"]}", id="json"
+        ),
+    ],
+)
+def test_an_import_of_a_million_tiny_rows_is_refused_in_bounded_memory(media_type: str, body: bytes) -> None:
+    assert len(body) <= MAX_IMPORT_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProblemDetailsException) as refused:
+            parse_import(media_type, body)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert refused.value.status_code == 413
+    # Reading at most 10,001 rows of it holds less than the body again (read whole, its rows held hundreds of MB).
+    assert peak_bytes < len(body)
+
+
+async def test_the_service_answers_while_an_import_is_being_read(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reading, go_on = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def held_parse(media_type: str, body: bytes) -> ParsedImport:
+        """The parse, held until the test lets it go on (or 10 s pass): a long parse the test sees the end of."""
+        reading.set()
+        go_on.wait(timeout=10)
+        try:
+            return parse_import(media_type, body)
+        finally:
+            finished.append("import read")
+
+    monkeypatch.setattr(widget_routes, "parse_import", held_parse)
+    upload = asyncio.create_task(client.post("/widgets/imports", json={"widgets": widgets(3)}, headers=AUTH))
+    assert await asyncio.to_thread(reading.wait, 10)
+    health = await client.get("/health")
+    finished.append("health answered")
+    go_on.set()
+
+    assert health.status_code == 200
+    assert (await upload).status_code == 202
+    assert finished == ["health answered", "import read"]
+
+
+async def test_a_csv_row_whose_cells_do_not_match_the_header_is_refused_saying_so(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    body = "sku,name,price_cents\nCELLS-1,Fine,100\nCELLS-2,Extra,200,surplus,more\nCELLS-3,Short\n"
+    command = await imported(client, content=body.encode(), headers=CSV)
+
+    assert (command["result"]["created"], command["result"]["failed"]) == (1, 2)
+    assert command["result"]["errors"] == [
+        {"row": 2, "sku": "CELLS-2", "reason": "5 cells where the header names 3 columns"},
+        {"row": 3, "sku": "CELLS-3", "reason": "2 cells where the header names 3 columns"},
+    ]
+    assert await widget_row(app, "CELLS-2") is None
 
 
 async def test_a_body_over_ten_megabytes_is_413(client: httpx.AsyncClient, app: Litestar) -> None:

@@ -53,8 +53,9 @@ def _type(slug: str, status: int, title: str, description: str, example_detail: 
 
 PROBLEM_TYPES: dict[str, ProblemType] = dict(
     [
-        _type("bad-request", 400, "Bad Request", "The request is malformed: a body that is not JSON, a header or "
-              "query parameter that cannot be read.", "The request body is not valid JSON."),
+        _type("bad-request", 400, "Bad Request", "The request is malformed: a body that is not JSON (or not UTF-8, "
+              "or nested deeper than about 1,000 levels), a header or query parameter that cannot be read.",
+              "The request body is not valid JSON."),
         _type("unauthorized", 401, "Unauthorized", "A write (or, when reads are protected, any request) without a "
               "valid API key.", "A valid API key is required: send it as 'X-API-Key: <key>' or "
               "'Authorization: Bearer <key>'."),
@@ -74,9 +75,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = dict(
         _type("conflict", 412, "Version conflict", "An `If-Match` version that the widget has moved on from.",
               "Widget 'SPR-1' is at version 3, not 2."),
         _type("payload-too-large", 413, "Request Entity Too Large", "A body over 1 MiB (10 MiB for an import), or "
-              "an import of more than 10,000 widgets.", "An import holds at most 10,000 widgets, not 12,000."),
-        _type("unsupported-media-type", 415, "Unsupported Media Type", "An import that is neither JSON nor CSV.",
-              "An import is sent as application/json or text/csv, not application/xml."),
+              "an import of more than 10,000 widgets.", "An import holds at most 10,000 widgets; this one holds more."),
+        _type("unsupported-media-type", 415, "Unsupported Media Type", "A body sent with a `Content-Type` its "
+              "operation does not take: `application/json` for a create or an update, `application/json` or "
+              "`text/csv` for an import. `Accept` (and `Accept-Patch` on a PATCH) lists what it takes.",
+              "POST /widgets takes a body sent as application/json; this one was sent as text/plain."),
         _type("invalid", 422, "Invalid request", "The request breaks a rule of the API: `invalid_params` names each "
               "field and why.", "The request does not meet the rules of the API."),
         _type("idempotency-key-reused", 422, "Idempotency key reused", "An `Idempotency-Key` already used with a "

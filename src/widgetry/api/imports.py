@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgspec
-from litestar.enums import MediaType
+from litestar.plugins.problem_details import ProblemDetailsException
 
-from widgetry.api.problems import MSGSPEC_ERROR, in_words, invalid, problem_exception
+from widgetry.api.problems import MSGSPEC_ERROR, in_words, invalid, not_json, problem_exception
 from widgetry.api.schemas import WidgetCreate
 from widgetry.domain.models import Widget
 from widgetry.services.imports import ImportRow
@@ -40,8 +42,19 @@ WidgetRow = _row_type()
 CSV_COLUMNS = tuple(WidgetRow.__struct_fields__)
 
 
+class JsonRow:
+    """A row of a JSON import as decoded, not yet checked. A type of its own, so that msgspec hands each row to the
+    import's counter as it parses (its `dec_hook`), and a body of more rows than an import may hold is refused at the
+    first row past the cap instead of after all of them are built."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class ImportBody(msgspec.Struct, forbid_unknown_fields=True):
-    widgets: Annotated[list[Any], msgspec.Meta(min_length=1)]
+    widgets: Annotated[list[JsonRow], msgspec.Meta(min_length=1)]
 
 
 class ParsedImport(msgspec.Struct, frozen=True):
@@ -54,30 +67,24 @@ class ParsedImport(msgspec.Struct, frozen=True):
         return len(self.rows) + len(self.rejected)
 
 
+class Refused(msgspec.Struct, frozen=True):
+    """A row that breaks a rule as it is, and why."""
+
+    sku: str | None
+    reason: str
+
+
 def parse_import(media_type: str, body: bytes) -> ParsedImport:
     """The rows of a JSON (`{"widgets": [...]}`) or CSV body. The body as a whole must be well formed and hold 1 to
-    10,000 widgets (else a 4xx problem); each row is then checked alone."""
-    if media_type == CSV_MEDIA_TYPE:
-        raw_rows, lenient = _csv_rows(body), True
-    elif media_type in (MediaType.JSON, "application/json"):
-        raw_rows, lenient = _json_rows(body), False
-    else:
-        raise problem_exception(
-            415,
-            f"An import is sent as application/json or {CSV_MEDIA_TYPE}, not {media_type or 'without a Content-Type'}.",
-        )
-    if len(raw_rows) > MAX_IMPORT_WIDGETS:
-        raise problem_exception(413, f"An import holds at most {MAX_IMPORT_WIDGETS:,} widgets, not {len(raw_rows):,}.")
+    10,000 widgets (else a 4xx problem); each row is then checked alone. Reading stops at the first row past the cap,
+    so what an import costs in work and memory is bounded by the cap, not by how many rows its body holds."""
+    checked_rows = _csv_rows(body) if media_type == CSV_MEDIA_TYPE else _json_rows(body)
     rows: list[ImportRow] = []
     rejected: list[dict[str, Any]] = []
     first_row_of: dict[str, int] = {}
-    for number, raw in enumerate(raw_rows, start=1):
-        sku = raw.get("sku") if isinstance(raw, dict) and isinstance(raw.get("sku"), str) else None
-        try:
-            # JSON has numbers, so `"100"` is a wrong type there; CSV has only text, so there it is a price.
-            row = msgspec.convert(raw, WidgetRow, strict=not lenient)
-        except msgspec.ValidationError as error:
-            rejected.append({"row": number, "sku": sku, "reason": _reason(str(error))})
+    for number, row in enumerate(checked_rows, start=1):
+        if isinstance(row, Refused):
+            rejected.append({"row": number, "sku": row.sku, "reason": row.reason})
             continue
         values = {name: value for name in CSV_COLUMNS if (value := getattr(row, name)) is not msgspec.UNSET}
         sku = values.pop("sku")
@@ -94,6 +101,22 @@ def parse_import(media_type: str, body: bytes) -> ParsedImport:
     return ParsedImport(rows=rows, rejected=rejected)
 
 
+def _too_many() -> ProblemDetailsException:
+    return problem_exception(413, f"An import holds at most {MAX_IMPORT_WIDGETS:,} widgets; this one holds more.")
+
+
+def _checked(raw: Any, *, strict: bool) -> msgspec.Struct | Refused:
+    try:
+        return msgspec.convert(raw, WidgetRow, strict=strict)
+    except msgspec.ValidationError as error:
+        sku = raw.get("sku") if isinstance(raw, dict) and isinstance(raw.get("sku"), str) else None
+        return Refused(sku, _reason(str(error)))
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell" if count == 1 else f"{count} cells"
+
+
 def _reason(error: str) -> str:
     """msgspec's message, with a broken pattern said in words: "name: must be 1 to 200 characters ..."."""
     if (found := MSGSPEC_ERROR.match(error)) and found["path"]:
@@ -101,27 +124,31 @@ def _reason(error: str) -> str:
     return error
 
 
-def _json_rows(body: bytes) -> list[Any]:
+def _json_rows(body: bytes) -> Iterator[msgspec.Struct | Refused]:
+    counted = itertools.count(1)
+
+    def count_row(_: type, value: Any) -> JsonRow:
+        if next(counted) > MAX_IMPORT_WIDGETS:
+            raise _too_many()
+        return JsonRow(value)
+
     try:
-        return msgspec.json.decode(body, type=ImportBody).widgets
+        decoded = msgspec.json.Decoder(ImportBody, dec_hook=count_row).decode(body).widgets
     except msgspec.ValidationError as error:
         raise invalid(
             'The body must be {"widgets": [...]} with 1 to 10,000 widgets.', [{"name": "body", "reason": str(error)}]
         ) from error
     except msgspec.DecodeError as error:
-        raise problem_exception(
-            400, "The request body is not valid JSON.", invalid_params=[{"name": "body", "reason": str(error)}]
-        ) from error
+        raise not_json(str(error)) from error
+    # JSON has numbers, so `"100"` is a wrong type there.
+    return (_checked(row.value, strict=True) for row in decoded)
 
 
-def _csv_rows(body: bytes) -> list[dict[str, Any]]:
+def _csv_rows(body: bytes) -> Iterator[msgspec.Struct | Refused]:
+    """The rows, each checked as it is read: a body of many rows is never held as rows."""
+    reader = csv.reader(io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline=""), strict=True)
     try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise invalid("A CSV import must be UTF-8.", [{"name": "body", "reason": str(error)}]) from error
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = reader.fieldnames or []
+        header = next(reader, [])
         unknown = [column for column in header if column not in CSV_COLUMNS]
         missing = [column for column in CSV_REQUIRED if column not in header]
         if unknown or missing or len(set(header)) != len(header):
@@ -129,8 +156,20 @@ def _csv_rows(body: bytes) -> list[dict[str, Any]]:
                 f"The first line must name the columns: {','.join(CSV_COLUMNS)} (internal_notes may be left out).",
                 [{"name": "header", "reason": f"unknown {unknown}, missing {missing}, as given {header}"}],
             )
-        # A row with more cells than the header has them under the key `None`: the row is then refused.
-        return [{str(key): value for key, value in row.items()} for row in reader]
+        sku_at = header.index("sku")
+        for number, cells in enumerate(filter(None, reader), start=1):
+            if number > MAX_IMPORT_WIDGETS:
+                raise _too_many()
+            if len(cells) != len(header):
+                sku = cells[sku_at] if sku_at < len(cells) else None
+                yield Refused(sku, f"{_cells(len(cells))} where the header names {len(header)} columns")
+            else:
+                # CSV has only text, so there `"100"` is a price.
+                yield _checked(dict(zip(header, cells, strict=True)), strict=False)
+    except UnicodeDecodeError as error:
+        raise problem_exception(
+            400, "A CSV import must be UTF-8.", invalid_params=[{"name": "body", "reason": str(error)}]
+        ) from error
     except csv.Error as error:
         raise invalid(
             f"The CSV is malformed at line {reader.line_num}.", [{"name": "body", "reason": str(error)}]

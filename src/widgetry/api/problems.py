@@ -7,6 +7,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
@@ -16,8 +17,9 @@ from widgetry.domain.problems import PROBLEM_BASE, Problem
 
 logger = logging.getLogger(__name__)
 
-MALFORMED = "JSON is malformed"
 PATTERN_MISMATCH = "Expected `str` matching regex"
+DECODER_RECURSION = re.compile(r"recursion depth exceeded while (?:deserializing|decoding)")
+"""How msgspec and the json module say a document is nested too deeply for them."""
 MSGSPEC_ERROR = re.compile(r"^(?P<reason>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 SLUGS = {
     400: "bad-request",
@@ -73,11 +75,9 @@ def in_words(reason: str, field: str) -> str:
 
 
 def from_validation(exc: ClientException) -> ProblemDetailsException:
-    """A body that is not JSON is 400; anything else that breaks a rule is 422 with `invalid_params`."""
-    if exc.detail.startswith(MALFORMED):
-        return problem_exception(
-            400, "The request body is not valid JSON.", invalid_params=[{"name": "body", "reason": exc.detail}]
-        )
+    """A body that cannot be read as JSON is 400; anything else that breaks a rule is 422 with `invalid_params`."""
+    if unreadable(exc):
+        return not_json(exc.detail)
     items = [item for item in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(item, dict)]
     params = [
         {"name": str(item.get("key") or item.get("source") or "body"), "reason": str(item.get("message", ""))}
@@ -89,6 +89,36 @@ def from_validation(exc: ClientException) -> ProblemDetailsException:
         params = [{"name": field, "reason": in_words(found["reason"], field)}]
     return invalid(
         "The request does not meet the rules of the API.", params or [{"name": "body", "reason": exc.detail}]
+    )
+
+
+def unreadable(exc: BaseException) -> bool:
+    """Whether the error comes from a body msgspec could not read at all (malformed, cut short, not UTF-8), rather
+    than from one it read that breaks a rule: Litestar reports both as one `ClientException`, the decoder's error
+    as its cause."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, msgspec.DecodeError):
+            return not isinstance(cause, msgspec.ValidationError)
+        cause = cause.__cause__
+    return False
+
+
+def not_json(reason: str) -> ProblemDetailsException:
+    return problem_exception(
+        400, "The request body is not valid JSON.", invalid_params=[{"name": "body", "reason": reason}]
+    )
+
+
+def from_recursion(exc: RecursionError) -> ProblemDetailsException:
+    """A body nested deeper than the decoder recurses (msgspec, like the json module, stops at Python's recursion
+    limit, about 1,000 levels less the stack in use) is the client's to fix; any other recursion is the service's."""
+    if not DECODER_RECURSION.search(str(exc)):
+        return from_unexpected(exc)
+    return problem_exception(
+        400,
+        "The request body is nested too deeply to be read.",
+        invalid_params=[{"name": "body", "reason": "nested deeper than about 1,000 levels"}],
     )
 
 
@@ -118,6 +148,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
             exception_to_problem_detail_map={
                 HTTPException: from_http_exception,
                 Problem: from_problem,
+                RecursionError: from_recursion,
                 # Errors from the database and Redis come wrapped in many ways (see `is_unavailable`): each is
                 # classified by its chain of causes, as unavailable (503, try again) or unexpected (500).
                 Exception: from_unexpected,
