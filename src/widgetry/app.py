@@ -38,7 +38,7 @@ from widgetry.api.ops import health, ready
 from widgetry.api.options import allow_every_method
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.schemas import WidgetRead
-from widgetry.api.security import ANONYMOUS, SECURITY_SCHEMES, ApiKeys, admin_guard, api_key_guard, key_security
+from widgetry.api.security import ANONYMOUS, SECURITY_SCHEMES, ApiKeys, api_key_guard, key_security
 from widgetry.api.widgets import (
     create_widget,
     delete_widget,

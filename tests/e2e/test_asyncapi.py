@@ -25,15 +25,18 @@ def payload_validator(document: dict[str, Any], event_type: str) -> jsonschema.D
 async def read_until(url: str, done: str, started: asyncio.Event, **kwargs: Any) -> list[ServerSentEvent]:
     """Every event of the stream up to and including the first of type `done`."""
     events: list[ServerSentEvent] = []
-    async with httpx.AsyncClient(timeout=READ_TIMEOUT_S) as client, asyncio.timeout(READ_TIMEOUT_S):
-        async with aconnect_sse(client, "GET", url, **kwargs) as source:
-            source.response.raise_for_status()
-            started.set()
-            async for event in source.aiter_sse():
-                if event.data:
-                    events.append(event)
-                if event.event == done:
-                    return events
+    async with (
+        httpx.AsyncClient(timeout=READ_TIMEOUT_S) as client,
+        asyncio.timeout(READ_TIMEOUT_S),
+        aconnect_sse(client, "GET", url, **kwargs) as source,
+    ):
+        source.response.raise_for_status()
+        started.set()
+        async for event in source.aiter_sse():
+            if event.data:
+                events.append(event)
+            if event.event == done:
+                return events
     raise AssertionError(f"the stream ended before a {done} event: {[e.event for e in events]}")
 
 
@@ -82,7 +85,8 @@ async def test_every_kind_of_event_a_live_stream_sends_matches_the_document(serv
     )
 
     seen = [*events, reset[0]]
-    assert {event.event for event in seen} == {message["name"] for message in document["components"]["messages"].values()}
+    documented = {message["name"] for message in document["components"]["messages"].values()}
+    assert {event.event for event in seen} == documented
     for event in seen:
         payload = json.loads(event.data)
         errors = [error.message for error in payload_validator(document, event.event).iter_errors(payload)]

@@ -11,7 +11,7 @@ from tests.support import ROOT, free_port
 
 def test_a_missing_server_is_named_with_its_remedy_before_any_test_runs() -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    run = subprocess.run(  # noqa: S603 - pytest on this repository's own tests
+    run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_compose.py", "-m", "integration"],
         cwd=ROOT,
         env={**os.environ, "WIDGETRY_TEST_REDIS_URL": dead_redis},

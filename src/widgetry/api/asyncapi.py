@@ -123,7 +123,7 @@ def _payload_schemas() -> dict[str, Any]:
             "required": ["sku"],
             "properties": {"sku": {"$ref": f"{SCHEMAS}Widget/properties/sku"}},
         },
-        **dict.fromkeys(WIDGET_CHANGES, {"$ref": f"{SCHEMAS}Widget"}),
+        **{event_type: {"$ref": f"{SCHEMAS}Widget"} for event_type in WIDGET_CHANGES},
     }
     payloads = {
         _schema_name(event_type): {
