@@ -113,7 +113,7 @@ def test_sign_in_create_edit_and_import_live_from_the_event_stream(
     edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(browser, lambda d: cell(d, "DASH-1", "version") == "2", "the edited row")
     assert (cell(browser, "DASH-1", "name"), cell(browser, "DASH-1", "price")) == ("Renamed sprocket", "24.99")
-    assert not edit.is_displayed()
+    wait_for(browser, lambda d: not edit.is_displayed(), "the dialog to close once the edit succeeded")
 
     fill(create, sku="DASH-1", name="Twice", price_cents="1")
     create.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
