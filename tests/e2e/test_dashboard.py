@@ -385,6 +385,8 @@ def test_the_page_recovers_by_itself_when_its_stream_is_dropped_then_refused(
             wait_for(browser, lambda d: take_the_stream(rival, held), "the session's only stream")
             wait_for(browser, lambda d: "Retrying in" in notice.text, "the notice of a refused stream")
             assert status.text == "offline"
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            assert browser.save_screenshot(str(ARTIFACTS / "dashboard-stream-refused.png"))
             # Missed while refused: the page must resume after its last event, not start from now.
             write(server, "POST", "/widgets", sku="GAP-1", name="Made while refused", price_cents=1)
             assert notice.is_displayed()
