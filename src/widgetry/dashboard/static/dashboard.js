@@ -187,7 +187,7 @@
       const { offset, search } = this.view;
       const shown = this.shown.size;
       let text = this.total === 1 ? "1 widget" : `${count(this.total)} widgets`;
-      if (shown < this.total) text = `${count(offset + 1)}–${count(offset + shown)} of ${count(this.total)}`;
+      if (shown < this.total) text = `${count(offset + 1)}–${count(offset + shown)} of ${text}`;
       if (search) text += ` matching “${search}”`;
       $("#widget-count").textContent = text;
       const empty = $("#widgets-empty");
