@@ -1,12 +1,17 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Selenium) against `widgetry run`: sign in,
-create, edit and import through the page, and see each change arrive from the event stream without a reload."""
+create, edit and import through the page, and see each change arrive from the event stream without a reload; a
+failed command beside its form; a 10,000-row import on a page that keeps answering; long names on a phone and a
+desktop screen; a stream refused and dropped, and the page recovering by itself."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -16,12 +21,16 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support import API_KEY, ROOT, Server
+from tests.support import API_KEY, AUTH, ROOT, WAIT, Server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / ".ci" / "artifacts"
 WAIT_S = 20
+IMPORT_ROWS = 10_000
+DASH = "\N{EN DASH}"
+RESPONSIVE_S = 1.0
+"""The longest the page may take to answer a click, or be busy at once, while it takes an import's events."""
 
 
 @pytest.fixture
@@ -59,6 +68,25 @@ def fill(form: WebElement, **values: str) -> None:
         element = form.find_element(By.NAME, name)
         element.clear()
         element.send_keys(value)
+
+
+def sign_in(driver: WebDriver, server: Server) -> None:
+    driver.get(f"{server.url}/")
+    form = driver.find_element(By.CSS_SELECTOR, "form[action='/ui/sign-in']")
+    fill(form, key=API_KEY)
+    form.submit()
+    wait_for(driver, lambda d: d.find_element(By.ID, "stream-status").text == "live", "the event stream to open")
+
+
+def write(server: Server, method: str, path: str, **body: Any) -> httpx.Response:
+    """A command sent through the API (not the page), waiting for its outcome."""
+    response = httpx.request(method, f"{server.url}{path}", json=body or None, headers={**AUTH, **WAIT}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def problem_of(form: WebElement) -> WebElement:
+    return form.find_element(By.CSS_SELECTOR, ".problem")
 
 
 def command_statuses(driver: WebDriver) -> list[tuple[str, str, str]]:
@@ -113,12 +141,13 @@ def test_sign_in_create_edit_and_import_live_from_the_event_stream(
     edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(browser, lambda d: cell(d, "DASH-1", "version") == "2", "the edited row")
     assert (cell(browser, "DASH-1", "name"), cell(browser, "DASH-1", "price")) == ("Renamed sprocket", "24.99")
-    assert not edit.is_displayed()
+    wait_for(browser, lambda d: not edit.is_displayed(), "the dialog to close once the edit succeeded")
 
     fill(create, sku="DASH-1", name="Twice", price_cents="1")
     create.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(browser, lambda d: command_statuses(d)[0][:2] == ("create DASH-1", "failed"), "the second create to fail")
     assert "DASH-1" in command_statuses(browser)[0][2]
+    wait_for(browser, lambda d: problem.is_displayed(), "the failed create's problem beside the form")
 
     csv = tmp_path / "widgets.csv"
     csv.write_text(
@@ -156,3 +185,229 @@ def test_sign_in_create_edit_and_import_live_from_the_event_stream(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+
+def test_a_command_that_fails_once_applied_keeps_the_input_and_shows_why_beside_its_form(
+    server: Server, browser: WebDriver
+) -> None:
+    write(server, "POST", "/widgets", sku="KEEP-1", name="Kept", price_cents=100)
+    sign_in(browser, server)
+
+    create = browser.find_element(By.ID, "create-form")
+    fill(create, sku="KEEP-1", name="A second one", price_cents="250", internal_notes="typed with care")
+    create.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(browser, lambda d: "already exists" in problem_of(create).text, "the duplicate's problem beside the form")
+    values = {
+        name: create.find_element(By.NAME, name).get_attribute("value") for name in ("sku", "name", "price_cents")
+    }
+    assert values == {"sku": "KEEP-1", "name": "A second one", "price_cents": "250"}
+    assert create.find_element(By.NAME, "internal_notes").get_attribute("value") == "typed with care"
+    assert command_statuses(browser)[0][:2] == ("create KEEP-1", "failed")
+
+    # Edited elsewhere while the dialog is open: the page's edit, made at version 1, is stale.
+    wait_for(browser, lambda d: cell(d, "KEEP-1", "version") == "1", "the widget's row")
+    row(browser, "KEEP-1").find_element(By.CSS_SELECTOR, "[data-edit]").click()
+    edit = browser.find_element(By.ID, "edit-form")
+    wait_for(browser, lambda d: edit.is_displayed(), "the edit dialog")
+    write(server, "PATCH", "/widgets/KEEP-1", price_cents=150)
+    fill(edit, name="My stale rename")
+    edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(browser, lambda d: problem_of(edit).is_displayed(), "the stale edit's problem in the dialog")
+    assert "version" in problem_of(edit).text.lower(), problem_of(edit).text
+    assert edit.is_displayed()
+    assert edit.find_element(By.NAME, "name").get_attribute("value") == "My stale rename"
+    wait_for(browser, lambda d: cell(d, "KEEP-1", "version") == "2", "the other edit to reach the list")
+    assert cell(browser, "KEEP-1", "name") == "Kept"
+
+
+def test_a_ten_thousand_row_import_moves_the_bar_while_the_page_answers_clicks(
+    server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    sign_in(browser, server)
+    csv = tmp_path / "bulk.csv"
+    csv.write_text(
+        "sku,name,price_cents,internal_notes\n"
+        + "".join(f"BULK-{n:05d},Bulk widget {n},{n},\n" for n in range(IMPORT_ROWS))
+    )
+    # Clicks on the list's heading, answered by a handler that notes how long each waited for the page (from the
+    # input event's creation to its handler), and every task that held the page for long: a tab busy with events
+    # answers late. Measured in the page, so the test's own round trips through the driver do not count.
+    heading = browser.find_element(By.ID, "widgets-title")
+    browser.execute_script(
+        "window.answers = []; window.longTasks = [];"
+        "arguments[0].addEventListener('click', (e) => window.answers.push(performance.now() - e.timeStamp));"
+        "new PerformanceObserver((list) => { for (const t of list.getEntries()) window.longTasks.push(t.duration); })"
+        ".observe({type: 'longtask'});",
+        heading,
+    )
+    imports = browser.find_element(By.ID, "import-form")
+    imports.find_element(By.NAME, "file").send_keys(str(csv))
+    imports.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    progress = browser.find_element(By.ID, "import-progress")
+
+    percents: list[int] = []
+    clicks = 0
+    deadline = time.monotonic() + 180
+    while not percents or percents[-1] < 100:
+        assert time.monotonic() < deadline, f"the import did not finish; the bar showed {percents}"
+        heading.click()
+        clicks += 1
+        percent = int(progress.get_attribute("aria-valuenow") or 0)
+        if not percents or percent != percents[-1]:
+            percents.append(percent)
+        time.sleep(0.1)  # a sample every tenth of a second, not a wait for an outcome
+
+    answers_ms, long_tasks_ms = browser.execute_script("return [window.answers, window.longTasks]")
+    assert len(answers_ms) == clicks
+    assert clicks >= 10
+    assert max(answers_ms) < RESPONSIVE_S * 1000, f"slowest click answered after {max(answers_ms):.0f} ms"
+    assert max(long_tasks_ms, default=0) < RESPONSIVE_S * 1000, f"the page froze for {max(long_tasks_ms):.0f} ms"
+    assert percents == sorted(percents), percents
+    assert len([p for p in percents if 0 < p < 100]) >= 3, f"the bar jumped instead of moving: {percents}"
+    wait_for(browser, lambda d: f"{IMPORT_ROWS:,} rows" in d.find_element(By.ID, "import-result").text, "the result")
+    assert f"{IMPORT_ROWS:,} created" in browser.find_element(By.ID, "import-result").text
+
+    # The list pages through all of them, and finds one.
+    count = browser.find_element(By.ID, "widget-count")
+    wait_for(
+        browser, lambda d: count.text.startswith(f"1{DASH}100 of ") and "10," in count.text, "the first page's count"
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#widgets tbody tr")) == 100
+    browser.find_element(By.ID, "page-next").click()
+    wait_for(browser, lambda d: count.text.startswith(f"101{DASH}200 of "), "the second page")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#widgets tbody tr")) == 100
+    browser.find_element(By.ID, "widget-search").send_keys("bulk-09999")
+    wait_for(browser, lambda d: count.text == "1 widget matching “bulk-09999”", "the search's result")
+    assert cell(browser, "BULK-09999", "name") == "Bulk widget 9999"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#widgets tbody tr")) == 1
+
+
+def emulate_width(driver: WebDriver, width: int) -> None:
+    """The page at `width` CSS pixels; narrow widths as a phone sees them (its viewport meta applies)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 800},
+    )
+
+
+def inside_viewport(driver: WebDriver, element: WebElement) -> bool:
+    return driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return r.width > 0 && r.left >= 0 && r.right <= document.documentElement.clientWidth;",
+        element,
+    )
+
+
+def uncovered(driver: WebDriver, element: WebElement) -> bool:
+    """Nothing (a sticky table header, say) lies over the element's middle once it is scrolled into view."""
+    return driver.execute_script(
+        "const e = arguments[0]; e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+        "return e.contains(document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2));",
+        element,
+    )
+
+
+@pytest.fixture(scope="module")
+def long_widget(server: Server) -> str:
+    """A widget whose sku is first in sku order and as long as a sku gets, and whose name is 200 characters with no
+    space to break at; its sku."""
+    sku = "0LONG-" + "S" * 58
+    write(server, "POST", "/widgets", sku=sku, name="N" * 200, price_cents=123456)
+    return sku
+
+
+@pytest.mark.parametrize("width", [420, 1440])
+def test_a_two_hundred_character_name_fits_the_page_at_phone_and_desktop_widths(
+    server: Server, browser: WebDriver, long_widget: str, width: int
+) -> None:
+    sku = long_widget
+    emulate_width(browser, width)
+    sign_in(browser, server)
+    assert browser.execute_script("return window.innerWidth") == width, "the page is wider than the screen"
+    wait_for(browser, lambda d: row(d, sku) is not None, "the long widget's row")
+    browser.execute_script("window.scrollTo(0, 0)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / f"dashboard-{width}.png"))
+
+    assert browser.execute_script(
+        "const root = document.documentElement; return root.scrollWidth <= root.clientWidth"
+    ), "the page scrolls sideways"
+    assert inside_viewport(browser, browser.find_element(By.ID, "sign-out"))
+    card = browser.find_element(By.CSS_SELECTOR, "section.widgets")
+    assert browser.execute_script(
+        "return arguments[0].querySelector('table').getBoundingClientRect().right"
+        " <= arguments[0].getBoundingClientRect().right + 0.5",
+        card,
+    ), "the table is wider than its card"
+    long_row = row(browser, sku)
+    shown = ["price", "version"] if width >= 800 else ["price"]
+    for name_of_cell in shown:
+        assert inside_viewport(browser, long_row.find_element(By.CSS_SELECTOR, f'[data-field="{name_of_cell}"]'))
+    assert inside_viewport(browser, long_row.find_element(By.CSS_SELECTOR, "[data-edit]"))
+    for label in browser.find_elements(By.CSS_SELECTOR, "#create-form label"):
+        assert uncovered(browser, label), f"something covers the form's {label.text!r} label"
+
+
+@pytest.fixture
+def stingy_server(tmp_path: Path) -> Iterator[Server]:
+    """One event stream per client, and a subscriber closed as soon as five events wait for it."""
+    live = Server(
+        {
+            "WIDGETRY_API_KEYS": API_KEY,
+            "WIDGETRY_SSE_CONNECTIONS_PER_CLIENT": "1",
+            "WIDGETRY_SUBSCRIBER_QUEUE_SIZE": "5",
+        },
+        tmp_path,
+    )
+    yield live
+    live.stop()
+
+
+def test_the_page_recovers_by_itself_when_its_stream_is_dropped_then_refused(
+    stingy_server: Server, browser: WebDriver
+) -> None:
+    server = stingy_server
+    sign_in(browser, server)
+    status = browser.find_element(By.ID, "stream-status")
+    notice = browser.find_element(By.ID, "stream-notice")
+    assert not notice.is_displayed()
+
+    # A burst of events overflows the page's subscriber: the server drops its stream.
+    body = {"widgets": [{"sku": f"BURST-{n:02d}", "name": f"Burst {n}", "price_cents": n} for n in range(40)]}
+    assert httpx.post(f"{server.url}/widgets/imports", json=body, headers=AUTH).status_code == 202
+    wait_for(browser, lambda d: notice.is_displayed() and "dropped" in notice.text, "the notice of a dropped stream")
+
+    # Before the page reconnects, another stream of the same session takes the only place: the page is refused.
+    cookie = browser.get_cookie("widgetry_session")
+    assert cookie is not None
+    with httpx.Client(base_url=server.url, cookies={cookie["name"]: cookie["value"]}, timeout=30) as rival:
+        with contextlib.ExitStack() as held:
+            wait_for(browser, lambda d: take_the_stream(rival, held), "the session's only stream")
+            wait_for(browser, lambda d: "Retrying in" in notice.text, "the notice of a refused stream")
+            assert status.text == "offline"
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            assert browser.save_screenshot(str(ARTIFACTS / "dashboard-stream-refused.png"))
+            # Missed while refused: the page must resume after its last event, not start from now.
+            write(server, "POST", "/widgets", sku="GAP-1", name="Made while refused", price_cents=1)
+            assert notice.is_displayed()
+        # The rival stream is gone: the page's next retry gets the place.
+        wait_for(browser, lambda d: status.text == "live" and not notice.is_displayed(), "the page to recover")
+
+    def logged(d: WebDriver) -> set[str]:
+        return {
+            li.find_element(By.CSS_SELECTOR, '[data-field="sku"]').text
+            for li in d.find_elements(By.CSS_SELECTOR, '#events li[data-type="widget.created"]')
+        }
+
+    wait_for(browser, lambda d: "GAP-1 v1" in logged(d), "the missed event, replayed")
+    assert {f"BURST-{n:02d} v1" for n in range(40)} <= logged(browser)
+    wait_for(browser, lambda d: cell(d, "GAP-1", "name") == "Made while refused", "the missed widget in the list")
+
+
+def take_the_stream(client: httpx.Client, held: contextlib.ExitStack) -> bool:
+    """Opens an event stream (kept open in `held`) if the client's place is free yet."""
+    response = held.enter_context(client.stream("GET", "/ui/events"))
+    if response.status_code == 200:
+        return True
+    response.close()
+    return False

@@ -1,36 +1,40 @@
-// The dashboard's live parts: the widget table, the commands sent from this page, the event log and the import's
-// progress, all kept from the JSON reads and the event stream. Forms are sent by htmx through the `json-command`
-// extension below. Plain browser JavaScript: no build step.
+// The dashboard's live parts: a page of the widget list, the commands sent from this page, the event log and the
+// import's progress, all kept from the JSON reads and the event stream. Forms are sent by htmx through the
+// `json-command` extension below. Plain browser JavaScript: no build step, nothing inline (the page's policy
+// allows only its own files).
 "use strict";
 
 (() => {
   const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
   const csrfHeader = document.querySelector('meta[name="csrf-header"]').content;
+  const STREAM_RESET = "stream.reset";
   const EVENT_TYPES = [
     "widget.created", "widget.updated", "widget.deleted",
-    "command.failed", "command.progress", "command.completed", "stream.reset",
+    "command.failed", "command.progress", "command.completed", STREAM_RESET,
   ];
   const MAX_EVENTS_SHOWN = 200;
   const MAX_COMMANDS_SHOWN = 50;
   const MAX_OUTCOMES_KEPT = 2000;
-  const PAGE = 500;
+  const PAGE_SIZE = 100;
+  const WRITE_WAIT_S = 10; // a write waits this long for its outcome, to show a failure beside its form
+  const REFRESH_INTERVAL_MS = 1000; // the list is read again at most this often while events change it
+  const SEARCH_DELAY_MS = 250;
+  const RETRY_DELAYS_MS = [1000, 2000, 4000, 8000, 15000, 30000];
+  const FLASH = [{ backgroundColor: "#fff6c9" }, { backgroundColor: "transparent" }];
+  const FLASH_TIMING = { duration: 1600, easing: "ease-out" };
 
   const $ = (selector, root = document) => root.querySelector(selector);
   const clone = (id) => $(`#${id}`).content.firstElementChild.cloneNode(true);
   const field = (root, name) => $(`[data-field="${name}"]`, root);
   const shortId = (id) => String(id).slice(-8);
+  const count = (n) => n.toLocaleString();
   const price = (cents) => (cents / 100).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
   const pad = (n) => String(n).padStart(2, "0");
   const clock = (iso) => { const t = new Date(iso); return `${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}`; };
   const stamp = (iso) => { const t = new Date(iso); return `${t.getFullYear()}-${pad(t.getMonth() + 1)}-${pad(t.getDate())} ${clock(iso)}`; };
+  const finished = (command) => command.status === "succeeded" || command.status === "failed";
 
-  function flash(element) {
-    element.classList.remove("flash");
-    void element.offsetWidth; // restarts the animation on a row changed twice in a row
-    element.classList.add("flash");
-  }
-
-  // Only for what has no place of its own on the page (a command's outcome is in the commands list).
+  // Only for what has no place of its own on the page (a command's outcome is beside its form and in the list).
   function toast(text) {
     const note = document.createElement("div");
     note.className = "toast";
@@ -40,104 +44,181 @@
   }
 
   // A problem (RFC 9457) as a sentence a person reads: its detail, then each invalid field and why.
-  function problemText(status, body) {
-    let problem = null;
-    try { problem = JSON.parse(body); } catch { /* not JSON: a proxy's page, say */ }
+  function describe(problem, status) {
     if (status === 401) return "Your session has ended (signed out, expired or its key revoked): reload to sign in again.";
     if (!problem || typeof problem !== "object") return `The request failed (HTTP ${status}).`;
     const lines = [problem.detail || problem.title || `HTTP ${status}`];
     for (const param of problem.invalid_params || []) lines.push(`${param.name}: ${param.reason}`);
     return lines.join("\n");
   }
+  function parse(text) {
+    try { return JSON.parse(text); } catch { return null; } // not JSON: a proxy's page, say
+  }
 
-  // ---- the widget table -------------------------------------------------------------------------------------
+  // Rows come and go by the page; only those on screen are worth animating.
+  const onScreen = new WeakSet();
+  const flashWhenSeen = new WeakSet();
+  const visibility = new IntersectionObserver((entries) => {
+    for (const { target, isIntersecting } of entries) {
+      if (!isIntersecting) { onScreen.delete(target); continue; }
+      onScreen.add(target);
+      if (flashWhenSeen.has(target)) { flashWhenSeen.delete(target); target.animate(FLASH, FLASH_TIMING); }
+    }
+  });
+  // The Web Animations API restarts an animation without the forced layout a class toggle needs.
+  function flash(element) {
+    if (onScreen.has(element) && !document.hidden) element.animate(FLASH, FLASH_TIMING);
+  }
+
+  // ---- the widget list: one page of the API's list, kept current by the events --------------------------------
   const table = {
     body: $("#widgets tbody"),
-    rows: new Map(), // sku -> {tr, version}
-    order: [], // skus, sorted, for inserting a row in its place
+    shown: new Map(), // sku -> {tr, widget}, the rows of the page on screen
+    view: { offset: 0, search: "", orderBy: "sku", sort: "asc" },
     total: 0,
-    touched: null, // skus changed by events while a page of the list is loading
+    loaded: false,
+    redraw: new Set(), // skus on the page changed by events since the last frame
+    touched: null, // sku -> the newest widget (null: deleted) seen in events while a page is loading
+    loading: false,
+    again: false,
+    lastRead: 0,
+    timer: null,
 
-    upsert(widget) {
-      if (this.touched) this.touched.add(widget.sku);
-      let entry = this.rows.get(widget.sku);
-      if (entry && entry.version >= widget.version) return;
-      if (!entry) {
-        entry = { tr: clone("widget-row"), version: 0 };
-        entry.tr.dataset.sku = widget.sku;
-        field(entry.tr, "sku").textContent = widget.sku;
-        this.insert(widget.sku, entry.tr);
-        this.rows.set(widget.sku, entry);
-        this.total += 1;
+    // Applies an event to the page's state; `draw` shows it on the next frame.
+    apply(event) {
+      const widget = event.type === "widget.deleted" ? null : event.data;
+      this.touched?.set(event.sku, widget);
+      const entry = this.shown.get(event.sku);
+      if (!widget) {
+        if (entry) { visibility.unobserve(entry.tr); entry.tr.remove(); this.shown.delete(event.sku); }
+        this.invalidate();
+        return;
       }
-      entry.version = widget.version;
-      entry.widget = widget;
-      field(entry.tr, "name").textContent = widget.name;
-      field(entry.tr, "price").textContent = price(widget.price_cents);
-      field(entry.tr, "price").title = `${widget.price_cents} cents`;
-      field(entry.tr, "version").textContent = widget.version;
-      field(entry.tr, "updated").textContent = stamp(widget.updated_at);
-      flash(entry.tr);
-      this.counted();
+      if (entry && entry.widget.version < widget.version) { entry.widget = widget; this.redraw.add(event.sku); }
+      // A new widget, or a change that can move one into or out of the page (searched, or sorted by a field that
+      // changes), needs the page read again: the server knows where it belongs.
+      if (event.type === "widget.created" || this.view.search || this.view.orderBy !== "sku") this.invalidate();
     },
 
-    remove(sku) {
-      if (this.touched) this.touched.add(sku);
-      const entry = this.rows.get(sku);
-      if (!entry) return;
-      entry.tr.remove();
-      this.rows.delete(sku);
-      this.order.splice(this.position(sku), 1);
-      this.total -= 1;
-      this.counted();
-    },
-
-    position(sku) {
-      let low = 0, high = this.order.length;
-      while (low < high) {
-        const mid = (low + high) >> 1;
-        if (this.order[mid] < sku) low = mid + 1; else high = mid;
+    draw() {
+      for (const sku of this.redraw) {
+        const entry = this.shown.get(sku);
+        if (entry) { this.fill(entry.tr, entry.widget); flash(entry.tr); }
       }
-      return low;
+      this.redraw.clear();
     },
 
-    insert(sku, tr) {
-      const at = this.position(sku);
-      const next = this.order[at];
-      this.order.splice(at, 0, sku);
-      this.body.insertBefore(tr, next === undefined ? null : this.rows.get(next).tr);
+    fill(tr, widget) {
+      field(tr, "sku").textContent = widget.sku;
+      field(tr, "sku").title = widget.sku;
+      field(tr, "name").textContent = widget.name;
+      field(tr, "name").title = widget.name;
+      field(tr, "price").textContent = price(widget.price_cents);
+      field(tr, "price").title = `${widget.price_cents} cents`;
+      field(tr, "version").textContent = widget.version;
+      field(tr, "updated").textContent = stamp(widget.updated_at);
+    },
+
+    // Reads the page again soon, at most once per REFRESH_INTERVAL_MS however many events ask for it.
+    invalidate() {
+      if (this.timer) return;
+      const delay = Math.max(0, this.lastRead + REFRESH_INTERVAL_MS - Date.now());
+      this.timer = setTimeout(() => { this.timer = null; this.read(true); }, delay);
+    },
+
+    async read(changedByEvents = false) {
+      if (this.loading) { this.again = true; return; }
+      this.loading = true;
+      this.lastRead = Date.now();
+      this.touched = new Map();
+      const view = { ...this.view };
+      const params = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset, order_by: view.orderBy, sort: view.sort });
+      if (view.search) params.set("search", view.search);
+      try {
+        const response = await fetch(`/ui/widgets?${params}`, { headers: { Accept: "application/json" } });
+        const text = await response.text();
+        if (!response.ok) throw new Error(describe(parse(text), response.status));
+        if (JSON.stringify(view) === JSON.stringify(this.view)) this.render(parse(text), changedByEvents);
+      } catch (error) {
+        toast(`Could not read the widgets: ${error.message}`);
+      } finally {
+        this.touched = null;
+        this.loading = false;
+        // The view changed while this page was on its way (a search typed, a page turned): read the one asked for.
+        if (JSON.stringify(view) !== JSON.stringify(this.view)) this.read();
+        else if (this.again) { this.again = false; this.invalidate(); }
+      }
+    },
+
+    render(page, changedByEvents) {
+      if (!page.items.length && this.view.offset > 0 && page.total > 0) {
+        // The page emptied under it (widgets deleted): go to the last page there is.
+        this.view.offset = Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE;
+        this.again = true;
+        return;
+      }
+      const shown = new Map();
+      for (let widget of page.items) {
+        if (this.touched.has(widget.sku)) {
+          const seen = this.touched.get(widget.sku);
+          if (seen === null) continue;
+          if (seen.version > widget.version) widget = seen;
+        }
+        let entry = this.shown.get(widget.sku);
+        if (!entry) {
+          entry = { tr: clone("widget-row") };
+          entry.tr.dataset.sku = widget.sku;
+          visibility.observe(entry.tr);
+          if (changedByEvents) flashWhenSeen.add(entry.tr);
+        }
+        if (entry.widget?.version !== widget.version) this.fill(entry.tr, widget);
+        entry.widget = widget;
+        shown.set(widget.sku, entry);
+      }
+      for (const [sku, entry] of this.shown) if (!shown.has(sku)) visibility.unobserve(entry.tr);
+      this.body.replaceChildren(...[...shown.values()].map((entry) => entry.tr));
+      this.shown = shown;
+      this.total = page.total;
+      this.loaded = true;
+      this.counted();
     },
 
     counted() {
-      const shown = this.rows.size;
-      $("#widget-count").textContent = shown === this.total ? `${shown} widgets` : `${shown} of ${this.total} shown`;
-      $("#widgets-empty").hidden = shown > 0;
+      const { offset, search } = this.view;
+      const shown = this.shown.size;
+      let text = this.total === 1 ? "1 widget" : `${count(this.total)} widgets`;
+      if (shown < this.total) text = `${count(offset + 1)}–${count(offset + shown)} of ${text}`;
+      if (search) text += ` matching “${search}”`;
+      $("#widget-count").textContent = text;
+      const empty = $("#widgets-empty");
+      empty.textContent = search ? "No widget matches this search." : "No widgets yet: create one, or import a CSV.";
+      empty.hidden = shown > 0;
+      $("#page-previous").disabled = offset === 0;
+      $("#page-next").disabled = offset + PAGE_SIZE >= this.total;
     },
 
-    async load() {
-      this.touched = new Set();
-      try {
-        const response = await fetch(`/ui/widgets?limit=${PAGE}&order_by=sku`, { headers: { Accept: "application/json" } });
-        if (!response.ok) throw new Error(problemText(response.status, await response.text()));
-        const page = await response.json();
-        for (const widget of page.items) if (!this.touched.has(widget.sku)) this.upsert(widget);
-        this.total = Math.max(page.total, this.rows.size);
-        this.counted();
-      } catch (error) {
-        toast(`Could not load the widgets: ${error.message}`);
-      } finally {
-        this.touched = null;
-      }
-    },
-
-    reset() {
-      this.body.replaceChildren();
-      this.rows.clear();
-      this.order = [];
-      this.total = 0;
-      return this.load();
+    show(changes) {
+      Object.assign(this.view, changes);
+      this.read();
     },
   };
+
+  let searchTimer = null;
+  $("#widget-search").addEventListener("input", (evt) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => table.show({ search: evt.target.value.trim(), offset: 0 }), SEARCH_DELAY_MS);
+  });
+  $("#page-previous").addEventListener("click", () => table.show({ offset: Math.max(0, table.view.offset - PAGE_SIZE) }));
+  $("#page-next").addEventListener("click", () => table.show({ offset: table.view.offset + PAGE_SIZE }));
+  $("#widgets thead").addEventListener("click", (evt) => {
+    const button = evt.target.closest("[data-sort]");
+    if (!button) return;
+    const orderBy = button.dataset.sort;
+    const sort = table.view.orderBy === orderBy && table.view.sort === "asc" ? "desc" : "asc";
+    for (const th of $("#widgets thead").querySelectorAll("th")) th.removeAttribute("aria-sort");
+    button.closest("th").setAttribute("aria-sort", sort === "asc" ? "ascending" : "descending");
+    table.show({ orderBy, sort, offset: 0 });
+  });
 
   // ---- commands sent from this page -------------------------------------------------------------------------
   // What an event says of its command's status. An import's rows change widgets under the import's own id, so for
@@ -152,6 +233,7 @@
     list: $("#commands"),
     items: new Map(), // command id -> {li, command}
     outcomes: new Map(), // command id -> the newest event about it, for a 202 that arrives after its event
+    changed: new Set(), // command ids to render on the next frame
     listeners: [],
 
     track(command) {
@@ -161,7 +243,8 @@
       field(li, "id").textContent = shortId(command.id);
       field(li, "id").title = command.id;
       li.dataset.commandId = command.id;
-      this.items.set(command.id, { li, command: { ...command } });
+      const item = { li, command: { ...command } };
+      this.items.set(command.id, item);
       this.list.prepend(li);
       while (this.list.children.length > MAX_COMMANDS_SHOWN) {
         const last = this.list.lastElementChild;
@@ -170,7 +253,9 @@
       }
       $("#commands-empty").hidden = true;
       const seen = this.outcomes.get(command.id);
-      if (seen) this.apply(seen); else this.render(command.id);
+      if (seen && !finished(item.command)) this.apply(seen);
+      this.render(command.id);
+      return item.command;
     },
 
     apply(event) {
@@ -183,11 +268,18 @@
       const command = item.command;
       const status = statusAfter(event, command);
       // Progress events may trail the end of the import on a slow stream: never step back from a finished status.
-      if (!["succeeded", "failed"].includes(command.status) || status !== "running") command.status = status;
+      if (!finished(command) || status !== "running") command.status = status;
+      // Each row an import applies is an event of its own: counting them moves the bar between progress events.
+      if (command.type === "import_widgets" && event.type.startsWith("widget.")) command.applied = (command.applied || 0) + 1;
       if (event.data.progress) command.progress = event.data.progress;
       if (event.data.result) command.result = event.data.result;
       if (event.data.error) command.error = event.data.error;
-      this.render(event.command_id);
+      this.changed.add(event.command_id);
+    },
+
+    draw() {
+      for (const id of this.changed) if (this.items.has(id)) this.render(id);
+      this.changed.clear();
     },
 
     render(id) {
@@ -199,16 +291,21 @@
       let detail = "";
       if (command.error) detail = command.error.detail || command.error.title;
       else if (command.result) detail = importSummary(command.result);
-      else if (command.progress) detail = `${command.progress.done} of ${command.progress.total} rows`;
+      else if (command.progress) detail = `${count(done(command))} of ${count(command.progress.total)} rows`;
       field(li, "detail").textContent = detail;
       for (const listener of this.listeners) listener(command);
     },
   };
 
+  function done(command) {
+    const progress = command.progress || { done: 0, total: 0 };
+    return Math.min(Math.max(progress.done, command.applied || 0), progress.total);
+  }
+
   function importSummary(result) {
-    const parts = [`${result.total} rows`, `${result.created} created`, `${result.updated} updated`];
-    if (result.unchanged) parts.push(`${result.unchanged} unchanged`);
-    parts.push(`${result.failed} failed`);
+    const parts = [`${count(result.total)} rows`, `${count(result.created)} created`, `${count(result.updated)} updated`];
+    if (result.unchanged) parts.push(`${count(result.unchanged)} unchanged`);
+    parts.push(`${count(result.failed)} failed`);
     return parts.join(", ");
   }
 
@@ -220,21 +317,22 @@
       this.watching = command.id;
       $("#import-status").hidden = false;
       $("#import-result").replaceChildren();
+      this.update(command);
     },
 
     update(command) {
       if (command.id !== this.watching) return;
-      const finished = command.status === "succeeded" || command.status === "failed";
-      const progress = command.progress || { done: 0, total: 0 };
-      const percent = finished ? 100 : progress.total ? Math.floor((100 * progress.done) / progress.total) : 0;
+      const total = command.progress?.total || 0;
+      const percent = finished(command) ? 100 : total ? Math.floor((100 * done(command)) / total) : 0;
       const bar = $("#import-progress");
       bar.setAttribute("aria-valuenow", String(percent));
       bar.dataset.status = command.status;
-      $(".bar", bar).style.width = `${percent}%`;
-      $("#import-progress-text").textContent = finished
+      // A transform, not a width: the bar moves on the compositor, with no layout of the page.
+      $(".bar", bar).style.transform = `scaleX(${percent / 100})`;
+      $("#import-progress-text").textContent = finished(command)
         ? `${command.status === "succeeded" ? "Done" : "Failed"}: 100%`
-        : `${progress.done.toLocaleString()} of ${progress.total.toLocaleString()} rows · ${percent}%`;
-      if (finished) this.finish(command);
+        : `${count(done(command))} of ${count(total)} rows · ${percent}%`;
+      if (finished(command)) this.finish(command);
     },
 
     finish(command) {
@@ -255,62 +353,217 @@
         }
         result.append(list);
       }
+      this.watching = null;
     },
   };
   commands.listeners.push((command) => importPanel.update(command));
 
   // ---- the event log ----------------------------------------------------------------------------------------
-  function logEvent(event) {
-    const li = clone("event-item");
-    li.dataset.type = event.type;
-    field(li, "time").textContent = clock(event.occurred_at);
-    field(li, "type").textContent = event.type;
-    field(li, "type").className = `badge badge-${event.type.split(".")[1]}`;
-    field(li, "sku").textContent = event.sku ? `${event.sku}${event.version ? ` v${event.version}` : ""}` : "";
-    const data = event.data || {};
-    let summary = "";
-    if (event.type === "widget.created" || event.type === "widget.updated") summary = `${data.name} · ${price(data.price_cents)}`;
-    else if (data.error) summary = data.error.detail || data.error.title;
-    else if (data.progress) summary = `${data.progress.done}/${data.progress.total}`;
-    field(li, "summary").textContent = [summary, `command ${shortId(event.command_id)}`].filter(Boolean).join(" · ");
-    const log = $("#events");
-    log.prepend(li);
-    while (log.children.length > MAX_EVENTS_SHOWN) log.lastElementChild.remove();
-  }
+  const eventLog = {
+    list: $("#events"),
 
-  // ---- the event stream: EventSource resumes by Last-Event-ID on its own after a drop ------------------------
-  function connect() {
-    const status = $("#stream-status");
-    const show = (text, kind) => { status.textContent = text; status.className = `pill pill-${kind}`; };
-    const source = new EventSource("/ui/events");
-    let loaded = false;
-    source.addEventListener("open", () => {
-      show("live", "live");
-      if (!loaded) { loaded = true; table.load(); }
-    });
-    source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED) show("disconnected: reload to sign in", "failed");
-      else show("reconnecting", "running");
-    });
-    for (const type of EVENT_TYPES) {
-      source.addEventListener(type, (message) => {
-        if (type === "stream.reset") { table.reset(); return; }
-        const event = JSON.parse(message.data);
-        logEvent(event);
-        if (type === "widget.created" || type === "widget.updated") table.upsert(event.data);
-        else if (type === "widget.deleted") table.remove(event.sku);
+    item(event) {
+      const li = clone("event-item");
+      li.dataset.type = event.type;
+      field(li, "time").textContent = clock(event.occurred_at);
+      field(li, "type").textContent = event.type;
+      field(li, "type").className = `badge badge-${event.type.split(".")[1]}`;
+      field(li, "sku").textContent = event.sku ? `${event.sku}${event.version ? ` v${event.version}` : ""}` : "";
+      const data = event.data || {};
+      let summary = "";
+      if (event.type === "widget.created" || event.type === "widget.updated") summary = `${data.name} · ${price(data.price_cents)}`;
+      else if (data.error) summary = data.error.detail || data.error.title;
+      else if (data.progress) summary = `${data.progress.done}/${data.progress.total}`;
+      field(li, "summary").textContent = [summary, `command ${shortId(event.command_id)}`].filter(Boolean).join(" · ");
+      return li;
+    },
+
+    // A frame's events at once: only the newest MAX_EVENTS_SHOWN of them are ever built.
+    add(events) {
+      if (!events.length) return;
+      const items = events.slice(-MAX_EVENTS_SHOWN).reverse().map((event) => this.item(event));
+      this.list.prepend(...items);
+      while (this.list.children.length > MAX_EVENTS_SHOWN) this.list.lastElementChild.remove();
+    },
+  };
+
+  // ---- per frame: the events since the last one, applied together -------------------------------------------
+  // An import sends thousands of events a second. Each is only queued as it arrives; the page is drawn from the
+  // queue once per animation frame, so the work per frame is bounded by what is on screen, not by the events.
+  const frames = {
+    queue: [],
+    scheduled: false,
+
+    push(event) {
+      this.queue.push(event);
+      if (this.scheduled) return;
+      this.scheduled = true;
+      requestAnimationFrame(() => this.flush());
+      // A hidden tab gets no animation frames: a timer drains the queue there, or it would grow without bound.
+      if (document.hidden) setTimeout(() => this.flush(), 500);
+    },
+
+    flush() {
+      if (!this.scheduled) return;
+      this.scheduled = false;
+      const batch = this.queue;
+      this.queue = [];
+      const logged = [];
+      for (const event of batch) {
+        if (event.type === STREAM_RESET) { table.read(); continue; }
+        logged.push(event);
+        if (event.type.startsWith("widget.")) table.apply(event);
         commands.apply(event);
+      }
+      eventLog.add(logged);
+      table.draw();
+      commands.draw();
+    },
+  };
+  document.addEventListener("visibilitychange", () => { if (frames.scheduled) setTimeout(() => frames.flush(), 0); });
+
+  // ---- the event stream -------------------------------------------------------------------------------------
+  // EventSource reconnects by itself (sending Last-Event-ID) after a dropped connection, but gives up for good when a
+  // response refuses it (a 429 for too many streams, a 5xx, a 401), and does not say which. From there on this takes
+  // over: it retries with a growing delay, resumes after the last event received, and says so on the page.
+  const status = $("#stream-status");
+  const notice = {
+    box: $("#stream-notice"),
+    timer: null,
+
+    show(text, { retryAt = null } = {}) {
+      clearInterval(this.timer);
+      const render = () => {
+        const seconds = retryAt ? Math.max(0, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
+        $("#stream-notice-text").textContent = retryAt ? `${text} Retrying in ${seconds} s.` : text;
+      };
+      render();
+      if (retryAt) this.timer = setInterval(render, 1000);
+      $("#stream-retry").hidden = !retryAt;
+      this.box.hidden = false;
+    },
+
+    hide() {
+      clearInterval(this.timer);
+      this.box.hidden = true;
+    },
+  };
+  const showStatus = (text, kind) => { status.textContent = text; status.className = `pill pill-${kind}`; };
+
+  const stream = {
+    source: null,
+    lastId: null,
+    attempts: 0,
+    timer: null,
+
+    connect() {
+      clearTimeout(this.timer);
+      this.source?.close();
+      const url = this.lastId ? `/ui/events?last_event_id=${encodeURIComponent(this.lastId)}` : "/ui/events";
+      const source = new EventSource(url);
+      this.source = source;
+      source.addEventListener("open", () => {
+        this.attempts = 0;
+        showStatus("live", "live");
+        notice.hide();
+        // Without a cursor the stream starts from now: what happened before (or while it was down) is read afresh.
+        if (!this.lastId || !table.loaded) table.read();
       });
-    }
-  }
+      source.addEventListener("error", () => {
+        if (source !== this.source) return;
+        if (source.readyState === EventSource.CONNECTING) {
+          showStatus("reconnecting", "running");
+          notice.show("The event stream dropped: reconnecting, resuming after the last event received.");
+          return;
+        }
+        source.close();
+        this.refused();
+      });
+      for (const type of EVENT_TYPES) {
+        source.addEventListener(type, (message) => {
+          if (type === STREAM_RESET) {
+            // The stream no longer holds where this page left off: the list is read again, and so is any cursor.
+            this.lastId = null;
+            frames.push({ type });
+            return;
+          }
+          if (message.lastEventId) this.lastId = message.lastEventId;
+          frames.push(JSON.parse(message.data));
+        });
+      }
+    },
+
+    async refused() {
+      showStatus("offline", "failed");
+      // A cheap read tells a session that ended (nothing to retry) from a stream refused or a server away for now.
+      const probe = await fetch("/ui/widgets?limit=1", { headers: { Accept: "application/json" } }).catch(() => null);
+      if (probe?.status === 401) {
+        showStatus("signed out", "failed");
+        notice.show(describe(null, 401));
+        return;
+      }
+      // The list stays useful without live updates.
+      if (!table.loaded && probe?.ok) table.read();
+      const base = RETRY_DELAYS_MS[Math.min(this.attempts, RETRY_DELAYS_MS.length - 1)];
+      const delay = Math.round(base * (0.8 + 0.4 * Math.random())); // spread, so many pages do not retry at once
+      this.attempts += 1;
+      notice.show("Live updates paused: the event stream was refused or lost.", { retryAt: Date.now() + delay });
+      this.timer = setTimeout(() => this.connect(), delay);
+    },
+  };
+  $("#stream-retry").addEventListener("click", () => stream.connect());
 
   // ---- forms: htmx sends them as the API's JSON (numbers as numbers) or a CSV file ---------------------------
+  // A write waits (`Prefer: wait`) for its outcome, so a command that fails once applied (a duplicate sku, a stale
+  // version) is shown beside its form, with the input kept; one that outlasts the wait is followed by its events.
+  const snapshot = (form) => JSON.stringify([...new FormData(form)].filter(([, value]) => typeof value === "string"));
+  const forms = {
+    following: new Map(), // command id -> {form, sent}: the form that sent it, and what it held then
+
+    say(form, text, kind = "problem") {
+      const note = $(".problem", form);
+      note.textContent = text;
+      note.dataset.kind = kind;
+      note.hidden = !text;
+    },
+
+    follow(form, command) {
+      this.following.set(command.id, { form, sent: snapshot(form) });
+      if (!finished(command)) this.say(form, "Accepted: waiting for it to be applied…", "pending");
+      this.settle(command);
+    },
+
+    settle(command) {
+      const followed = this.following.get(command.id);
+      if (!followed || !finished(command)) return;
+      this.following.delete(command.id);
+      const { form, sent } = followed;
+      if (command.status === "failed") {
+        this.say(form, describe(command.error || { detail: "The command failed." }, command.error?.status));
+        return;
+      }
+      this.say(form, "");
+      // Typed into since it was sent: that input is the user's next command, not this one's to clear.
+      if (snapshot(form) !== sent) return;
+      if (form.dataset.reset) form.reset();
+      form.closest("dialog")?.close();
+    },
+
+    // The form shows another widget now: outcomes of what it sent before are no longer its own.
+    forget(form) {
+      for (const [id, followed] of this.following) if (followed.form === form) this.following.delete(id);
+    },
+  };
+  commands.listeners.push((command) => forms.settle(command));
+
   htmx.defineExtension("json-command", {
     onEvent(name, evt) {
       if (name !== "htmx:configRequest") return true;
       const form = evt.detail.elt.closest("form");
       const file = $('input[type="file"]', form)?.files[0];
       if (evt.detail.verb !== "delete") evt.detail.headers["Content-Type"] = file ? "text/csv" : "application/json";
+      // An import reports its progress by events; waiting for its end would only hold the request open.
+      if (!file) evt.detail.headers.Prefer = `wait=${WRITE_WAIT_S}`;
       if (form.dataset.sku) {
         evt.detail.path = evt.detail.path.replace("{sku}", encodeURIComponent(form.dataset.sku));
         evt.detail.headers["If-Match"] = `"${form.dataset.version}"`;
@@ -334,22 +587,29 @@
     evt.detail.headers[csrfHeader] = csrfToken;
   });
 
+  const COMMAND_TYPES = { post: "create_widget", patch: "update_widget", delete: "delete_widget" };
   document.body.addEventListener("htmx:afterRequest", (evt) => {
     const form = evt.detail.elt.closest("form[hx-ext~='json-command']");
     if (!form) return;
     const xhr = evt.detail.xhr;
-    const problem = $(".problem", form);
+    if (!xhr.status) { forms.say(form, "The server did not answer: check the connection, then send again."); return; }
+    const body = parse(xhr.responseText);
     if (xhr.status === 200 || xhr.status === 202) {
-      problem.hidden = true;
-      const command = JSON.parse(xhr.responseText);
-      commands.track(command);
-      if (command.type === "import_widgets") importPanel.watch(command);
-      importPanel.update(commands.items.get(command.id).command);
-      if (form.dataset.reset) form.reset();
-      form.closest("dialog")?.close();
-    } else {
-      problem.textContent = problemText(xhr.status, xhr.responseText);
-      problem.hidden = false;
+      const command = commands.track(body);
+      if (command.type === "import_widgets") { forms.say(form, ""); form.reset(); importPanel.watch(command); return; }
+      forms.follow(form, command);
+      return;
+    }
+    forms.say(form, describe(body, xhr.status));
+    // A command that was accepted, then failed within the wait, is listed with the others.
+    if (body?.command) {
+      commands.track({
+        id: body.command.split("/").pop(),
+        type: COMMAND_TYPES[evt.detail.requestConfig.verb],
+        sku: form.dataset.sku || form.elements.sku?.value,
+        status: "failed",
+        error: body,
+      });
     }
   });
 
@@ -359,7 +619,7 @@
   table.body.addEventListener("click", (evt) => {
     const button = evt.target.closest("[data-edit]");
     if (!button) return;
-    const { widget } = table.rows.get(button.closest("tr").dataset.sku);
+    const { widget } = table.shown.get(button.closest("tr").dataset.sku);
     editForm.reset();
     editForm.dataset.sku = widget.sku;
     editForm.dataset.version = widget.version;
@@ -367,11 +627,11 @@
     $("#edit-version").textContent = widget.version;
     editForm.elements.name.value = widget.name;
     editForm.elements.price_cents.value = widget.price_cents;
-    $(".problem", editForm).hidden = true;
+    forms.forget(editForm);
+    forms.say(editForm, "");
     dialog.showModal();
   });
   $("[data-close]", dialog).addEventListener("click", () => dialog.close());
 
-  table.counted();
-  connect();
+  stream.connect();
 })();
