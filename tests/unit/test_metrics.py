@@ -123,7 +123,7 @@ async def test_metrics_answer_when_the_database_is_gone(app_and_client: tuple[ob
 
 async def test_metrics_are_never_rate_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    app = create_app(Settings(api_keys=(API_KEY,), rate_limit="2/minute"))
+    app = create_app(Settings(api_keys=(API_KEY,), rate_limit_reads="2/minute"))
     async with serve(app) as client:
         scrapes = [(await client.get("/metrics")).status_code for _ in range(4)]
         reads = [(await client.get("/widgets")).status_code for _ in range(3)]

@@ -72,7 +72,8 @@ class Stack:
         env = {
             **os.environ,
             **self.env,
-            "WIDGETRY_RATE_LIMIT": "off",
+            "WIDGETRY_RATE_LIMIT_WRITES": "off",
+            "WIDGETRY_RATE_LIMIT_READS": "off",
             "WIDGETRY_SSE_CONNECTIONS_PER_CLIENT": str(SSE_CONNECTIONS_PER_CLIENT),
             "WIDGETRY_WORKER_CONCURRENCY": str(self.concurrency),
         }
