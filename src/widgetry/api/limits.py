@@ -77,7 +77,7 @@ class Verdict(NamedTuple):
 class Window:
     """One client's count in the budget's current window, as this process knows it."""
 
-    __slots__ = ("index", "local", "previous", "shared")
+    __slots__ = ("index", "local", "previous", "shared", "synced")
 
     def __init__(self, index: int, previous: int = 0) -> None:
         self.index = index
@@ -88,6 +88,8 @@ class Window:
         """This process's requests in this window that `shared` does not count yet."""
         self.previous = previous
         """The previous window's total, weighted down as the current window goes by."""
+        self.synced = False
+        """Whether a sync has set this window's expiry and read the previous one's total (once per window)."""
 
 
 class Budget:
@@ -140,7 +142,15 @@ class Budget:
         wait = 1 - (room - current) / previous - elapsed if this_window else 2 - elapsed - room / current
         return max(1, math.ceil(wait * self.period_s))
 
-    def settle(self, client: str, index: int, sent: int, total: int, previous: int) -> None:
+    def first_sync(self, client: str, index: int) -> bool:
+        """Whether this is the first sync of `client`'s window `index` in this process (and marks it done)."""
+        window = self.windows.get(client)
+        if window is None or window.index != index or window.synced:
+            return False
+        window.synced = True
+        return True
+
+    def settle(self, client: str, index: int, sent: int, total: int, previous: int | None) -> None:
         """Takes in the totals a sync read back after adding the `sent` requests of `client` in window `index`."""
         window = self.windows.get(client)
         if window is None:
@@ -148,7 +158,8 @@ class Budget:
         if window.index == index:
             window.shared = total
             window.local -= sent
-            window.previous = max(window.previous, previous)
+            if previous is not None:
+                window.previous = max(window.previous, previous)
         elif window.index == index + 1:
             window.previous = max(window.previous, total)
 
@@ -175,13 +186,15 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | None,
         namespace: str,
         writes: Budget | None,
         reads: Budget | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
+        """`None` keeps the counts in this process: on the embedded defaults there is one process, and nothing to
+        share them with."""
         self.namespace = namespace
         self.writes = writes
         self.reads = reads
@@ -197,7 +210,7 @@ class RateLimiter:
         reads = Budget.of("reads", settings.rate_limit_reads)
         if writes is None and reads is None:
             return None
-        return cls(redis, f"{settings.redis_prefix}:rate-limit", writes, reads)
+        return cls(None if settings.embedded_redis else redis, f"{settings.redis_prefix}:rate-limit", writes, reads)
 
     def budget_for(self, method: str) -> Budget | None:
         return self.writes if method in WRITE_METHODS else self.reads
@@ -209,19 +222,26 @@ class RateLimiter:
             self._sync = asyncio.create_task(self.sync())
 
     async def sync(self) -> None:
-        """Adds this process's new counts to the shared totals and reads the totals back, all in one round trip."""
+        """Adds this process's new counts to the shared totals and reads the totals back, all in one round trip:
+        one command per client and window, three on the window's first sync (its expiry, the previous total)."""
         budgets = [budget for budget in (self.writes, self.reads) if budget is not None]
         sent = [(budget, budget.unsent) for budget in budgets]
         for budget in budgets:
             budget.unsent = Counter()
+        if self.redis is None:
+            self._forget(budgets)
+            return
+        firsts: list[bool] = []
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_S), self.redis.pipeline(transaction=False) as pipe:
                 for budget, counts in sent:
-                    for (client, index), count in counts.items():
+                    for client, index in counts:
                         key = budget.key(self.namespace, client, index)
-                        pipe.incrby(key, count)
-                        pipe.expire(key, 2 * budget.period_s)
-                        pipe.get(budget.key(self.namespace, client, index - 1))
+                        pipe.incrby(key, counts[client, index])
+                        firsts.append(first := budget.first_sync(client, index))
+                        if first:
+                            pipe.expire(key, 2 * budget.period_s)
+                            pipe.get(budget.key(self.namespace, client, index - 1))
                 replies = await pipe.execute()
         except Exception as error:
             if not is_unavailable(error):
@@ -232,13 +252,20 @@ class RateLimiter:
             self._interval_s = SYNC_RETRY_S
             for budget, counts in sent:
                 budget.unsent.update(counts)
+                for window in budget.windows.values():
+                    window.synced = False
         else:
             self._interval_s = SYNC_INTERVAL_S
-            totals = iter(replies)
+            totals, first = iter(replies), iter(firsts)
             for budget, counts in sent:
                 for (client, index), count in counts.items():
-                    total, _, previous = int(next(totals)), next(totals), int(next(totals) or 0)
+                    total, previous = int(next(totals)), None
+                    if next(first):
+                        _expiry_set, previous = next(totals), int(next(totals) or 0)
                     budget.settle(client, index, count, total, previous)
+        self._forget(budgets)
+
+    def _forget(self, budgets: list[Budget]) -> None:
         for budget in budgets:
             budget.forget_before(int(self.clock() / budget.period_s))
 
