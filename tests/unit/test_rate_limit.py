@@ -233,6 +233,25 @@ async def test_without_redis_each_process_still_counts_its_own_requests(caplog: 
     await unreachable.aclose()
 
 
+async def test_clients_gone_quiet_for_two_windows_are_forgotten() -> None:
+    now = [1_800_000_010.0]
+    limiter = RateLimiter(None, "test:rate-limit", Budget.of("writes", "5/minute"), None, clock=lambda: now[0])
+    assert limiter.writes is not None
+    limiter.writes.take("key:quiet", now[0])
+    limiter.writes.take("key:busy", now[0])
+
+    now[0] += 60
+    limiter.writes.take("key:busy", now[0])
+    await limiter.sync()
+    remembered_a_window_on = set(limiter.writes.windows)
+    now[0] += 60
+    limiter.writes.take("key:busy", now[0])
+    await limiter.sync()
+
+    assert remembered_a_window_on == {"key:quiet", "key:busy"}
+    assert set(limiter.writes.windows) == {"key:busy"}
+
+
 async def test_the_raw_api_key_is_in_no_redis_key_and_no_log_line(
     embedded_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:

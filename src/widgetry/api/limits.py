@@ -106,6 +106,7 @@ class Budget:
         self.windows: dict[str, Window] = {}
         self.unsent: Counter[tuple[str, int]] = Counter()
         """Requests taken since the last sync, by client and window."""
+        self.forgotten_before = 0
 
     @classmethod
     def of(cls, name: str, rate: str) -> Budget | None:
@@ -167,7 +168,11 @@ class Budget:
         return f"{namespace}:{self.name}:{client}:{index}"
 
     def forget_before(self, index: int) -> None:
-        """Drops what no longer weighs on any estimate: windows older than the previous one."""
+        """Drops what no longer weighs on any estimate: windows older than the previous one. Once per window, since
+        it looks at every client seen."""
+        if index <= self.forgotten_before:
+            return
+        self.forgotten_before = index
         for client in [client for client, window in self.windows.items() if window.index < index - 1]:
             del self.windows[client]
         for sent in [sent for sent in self.unsent if sent[1] < index - 1]:
