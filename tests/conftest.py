@@ -7,9 +7,15 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from tests import prerequisites
 from tests.support import API_KEY, serve
 from widgetry.app import create_app
 from widgetry.settings import Settings
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    prerequisites.check(session.items, reporter.write_line if reporter else print)
 
 
 @pytest.fixture

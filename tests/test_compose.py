@@ -1,17 +1,23 @@
-"""compose.yaml parses, has the services the design names, and runs the commands the README documents.
+"""compose.yaml parses, has the services the design names, and runs the commands the docs document.
 (The integration suite runs those same commands against the local PostgreSQL and Redis.)"""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import shlex
 
+import asyncpg
+import pytest
 import yaml
 
+from tests.backends import ADMIN_URL
 from tests.support import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
-README = (ROOT / "README.md").read_text()
+WIDGETRY_SERVICES = ("migrate", "web", "worker")
+DOCS = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 
 def test_compose_has_the_stack_with_health_checks() -> None:
@@ -38,7 +44,39 @@ def test_workers_scale_without_fixed_names_or_ports() -> None:
     assert "ports" not in SERVICES["worker"]
 
 
-def test_services_run_the_commands_the_readme_documents() -> None:
-    for name in ("migrate", "web", "worker"):
+def test_services_run_the_commands_the_docs_document() -> None:
+    for name in WIDGETRY_SERVICES:
         command = shlex.join(SERVICES[name]["command"])
-        assert command in README, f"{name}: `{command}` is not in the README"
+        assert command in DOCS, f"{name}: `{command}` is in neither the README nor docs/"
+
+
+def test_one_image_is_built_once_and_run_by_every_widgetry_service() -> None:
+    images = {SERVICES[name]["image"] for name in WIDGETRY_SERVICES}
+    builders = [name for name in SERVICES if "build" in SERVICES[name]]
+    assert len(images) == 1
+    assert builders == ["migrate"]
+
+
+@pytest.mark.integration
+def test_postgres_is_the_major_version_the_tests_run_against() -> None:
+    async def server_major() -> int:
+        connection = await asyncpg.connect(ADMIN_URL)
+        try:
+            return connection.get_server_version().major
+        finally:
+            await connection.close()
+
+    image_major = int(re.fullmatch(r"postgres:(\d+)(\.\d+)*(-\w+)?", SERVICES["postgres"]["image"]).group(1))
+    assert image_major == asyncio.run(server_major())
+
+
+def test_there_is_no_default_key_and_the_api_is_published_on_loopback_unless_asked() -> None:
+    keys = SERVICES["web"]["environment"]["WIDGETRY_API_KEYS"]
+    assert re.fullmatch(r"\$\{WIDGETRY_API_KEYS:\?[^}]+\}", keys), keys
+    (published,) = SERVICES["web"]["ports"]
+    assert published.startswith("${WIDGETRY_BIND:-127.0.0.1}:"), published
+
+
+def test_the_build_context_leaves_local_state_out() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "*.db", ".hypothesis", ".env"} <= ignored

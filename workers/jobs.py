@@ -37,8 +37,8 @@ RELAY_BATCH = 100
 """Skus whose leftover events the relay publishes in one transaction."""
 APPLY_JOBS = (APPLY_COMMANDS, APPLY_COMMAND)
 IMPORT_BATCH = 500
-"""An import's rows applied in one transaction; a `command.progress` event follows each batch (API.md: at least
-every 500 widgets)."""
+"""An import's rows applied in one transaction; a `command.progress` event follows each batch (the contract: at
+least every 500 widgets)."""
 APPLY_JOBS_PER_BATCH = 50
 """Jobs applied in one transaction at most (each carries the commands intake recorded together)."""
 

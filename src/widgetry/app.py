@@ -14,9 +14,12 @@ from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 from litestar_saq import SAQPlugin
 
+from widgetry.api.asyncapi import asyncapi_document
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
 from widgetry.api.docs import get_problem_type, list_problem_types
@@ -48,6 +51,7 @@ from workers.queue import build_queue, saq_plugin
 logger = logging.getLogger("widgetry")
 
 MAX_BODY_BYTES = 1024 * 1024
+SCHEMA_ASSETS = "/schema/assets"
 CORS_EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
 
 
@@ -85,10 +89,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             Router(
                 "/",
-                route_handlers=[health, ready, list_problem_types, get_problem_type],
+                route_handlers=[health, ready, list_problem_types, get_problem_type, asyncapi_document],
                 opt={RATE_LIMIT_EXEMPT: True},
             ),
             Router("/", route_handlers=[MetricsController], opt={RATE_LIMIT_EXEMPT: True}),
+            create_static_files_router(
+                SCHEMA_ASSETS, directories=[swagger_ui_path], opt={RATE_LIMIT_EXEMPT: True}, include_in_schema=False
+            ),
             *dashboard_routers(settings),
         ],
         dependencies=DEPENDENCIES,
@@ -126,9 +133,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="A widget catalogue whose writes are commands: 202 Accepted, then events over SSE.",
             path="/schema",
             use_handler_docstrings=True,
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[_swagger_ui()],
         ),
         debug=settings.debug,
+    )
+
+
+def _swagger_ui() -> SwaggerRenderPlugin:
+    """Swagger UI at /schema from the copy a Python package ships, not from a CDN: the docs work offline and
+    behind a firewall, and no third-party script runs on a page that can send the user's API key."""
+    return SwaggerRenderPlugin(
+        js_url=f"{SCHEMA_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{SCHEMA_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{SCHEMA_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f'<link rel="icon" type="image/png" href="{SCHEMA_ASSETS}/favicon-32x32.png">',
+        path=["/", "/swagger"],
     )
 
 

@@ -89,7 +89,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     session_cookie_secure: bool = False
     """Send the dashboard's session cookie over HTTPS only; set it wherever the service is served over HTTPS."""
     session_max_age_seconds: Positive = 8 * 3600
-    """How long a dashboard sign-in lasts (it also ends when its API key is revoked)."""
+    """How long a dashboard sign-in lasts, counted from sign-in however busy the session is (it also ends when its
+    API key is revoked, and on sign-out)."""
+    session_idle_timeout_seconds: Positive | None = None
+    """End a dashboard session sooner once the page has sent no request for this long; unset: only the lifetime."""
     log_level: LogLevel = "INFO"
     log_format: LogFormat = LogFormat.AUTO
     otel: bool = False

@@ -1,4 +1,4 @@
-"""The fault suite: the guarantees of DESIGN.md, proven by breaking things for real.
+"""The fault suite: the guarantees of docs/architecture.md, proven by breaking things for real.
 
 Most tests run on a PostgreSQL cluster and a Redis server of the suite's own (`servers.py`), which they may kill,
 restart and flush; the fuzzing test uses the machine's servers through the fixtures of `tests/backends.py`.

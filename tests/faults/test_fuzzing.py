@@ -64,7 +64,7 @@ ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message
 
 
 def contract_headers(number: int) -> dict[str, str]:
-    """The headers of API.md, with values that mean something, for the `number`th request sent with a key."""
+    """The headers of docs/api.md, with values that mean something, for the `number`th request sent with a key."""
     return [
         {},
         {"If-Match": '"1"'},
@@ -152,7 +152,7 @@ class Findings:
 
 
 def problem_defect(response: httpx.Response) -> str | None:
-    """What keeps an error response from being a problem with the members API.md promises, if anything."""
+    """What keeps an error response from being a problem with the members docs/api.md promises, if anything."""
     if not response.headers.get("content-type", "").startswith("application/problem+json"):
         return f"content-type {response.headers.get('content-type')!r}"
     try:

@@ -1,10 +1,15 @@
 """The dashboard's sign-in: an API key once, then a session cookie that the write handlers registered under `/ui`
-accept with the session's token in a header, while the API's own routes still take API keys only."""
+accept with the session's token in a header, while the API's own routes still take API keys only. A session is
+stored at sign-in only, ends after its lifetime however busy it is, and its pages tell the browser to run only
+their own scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from widgetry.dashboard.sessions import CSRF_HEADER, SESSION_COOKIE
 from widgetry.settings import Settings
 
 WIDGET = {"sku": "UI-1", "name": "From the page", "price_cents": 1999}
+MADE_UP_SESSION_IDS = ["0" * 64, "f" * 60_000, "null", "not-an-id"]
 
 
 async def signed_in(client: httpx.AsyncClient, key: str = API_KEY) -> dict[str, str]:
@@ -32,6 +38,11 @@ async def signed_in(client: httpx.AsyncClient, key: str = API_KEY) -> dict[str, 
     token = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
     assert token is not None, page.text
     return {CSRF_HEADER: token[1]}
+
+
+async def stored_sessions(app: Litestar) -> list[bytes]:
+    settings: Settings = app.state.settings
+    return await app.state.connections.redis.keys(f"{settings.redis_prefix}:sessions:*")
 
 
 def writes(sku: str = "UI-1") -> list[tuple[str, str, dict[str, Any]]]:
@@ -248,3 +259,148 @@ async def test_the_page_reads_with_its_session_where_the_api_puts_reads_behind_k
     assert command.status_code == 200 and command.json()["id"] == created.json()["id"]
     assert page_read.status_code == 200
     assert_problem(api_read, 401)
+
+
+@pytest.mark.parametrize("made_up", MADE_UP_SESSION_IDS, ids=["id-shaped", "60KB", "null", "word"])
+async def test_a_session_cookie_the_server_did_not_make_is_dropped_never_stored_or_echoed(
+    client: httpx.AsyncClient, app: Litestar, made_up: str
+) -> None:
+    cookie = {"Cookie": f"{SESSION_COOKIE}={made_up}"}
+
+    page = await client.get("/", headers=cookie)
+    read = await client.get("/ui/widgets", headers=cookie)
+    stream = await client.get("/ui/events", headers=cookie)
+    sign_out = await client.post("/ui/sign-out", headers=cookie)
+
+    assert page.status_code == 200 and 'action="/ui/sign-in"' in page.text
+    assert_problem(read, 401)
+    assert_problem(stream, 401)
+    assert sign_out.status_code == 200
+    assert [r for r in (page, read, stream, sign_out) if "set-cookie" in r.headers] == []
+    assert await stored_sessions(app) == []
+
+
+async def test_a_session_is_stored_at_sign_in_and_deleted_at_sign_out(client: httpx.AsyncClient, app: Litestar) -> None:
+    token = await signed_in(client)
+    stored = await stored_sessions(app)
+    read = await client.get("/ui/widgets")
+    signed_out = await client.post("/ui/sign-out", headers=token)
+
+    assert len(stored) == 1
+    assert read.status_code == 200 and "set-cookie" not in read.headers  # a request neither rewrites nor renews it
+    cleared = signed_out.headers["set-cookie"]
+    assert cleared.startswith(f"{SESSION_COOKIE}=") and "Max-Age=0" in cleared
+    assert await stored_sessions(app) == []
+
+
+async def test_a_sign_in_ends_after_its_lifetime_however_busy_the_session(embedded_settings: Settings) -> None:
+    app = create_app(msgspec.structs.replace(embedded_settings, session_max_age_seconds=2))
+    async with serve(app) as client:
+        token = await signed_in(client)
+        # Sent by hand from now on: the cookie's Max-Age would have the client drop it on time by itself.
+        cookie = {"Cookie": f"{SESSION_COOKIE}={client.cookies[SESSION_COOKIE]}"}
+        client.cookies.clear()
+        first = await client.get("/ui/widgets", headers=cookie)
+
+        async def refused() -> bool:
+            # Each look is a request of the session's own: none of them may extend it.
+            return (await client.get("/ui/widgets", headers=cookie)).status_code == 401
+
+        await eventually(refused, 10, "the session to end at its lifetime")
+        write = await client.post("/ui/widgets", json=WIDGET, headers=token | cookie)
+        page = await client.get("/", headers=cookie)
+
+    assert first.status_code == 200
+    assert_problem(write, 401)
+    assert 'action="/ui/sign-in"' in page.text
+    assert await stored_sessions(app) == []
+
+
+async def test_an_idle_timeout_ends_a_session_left_alone_and_not_one_in_use(embedded_settings: Settings) -> None:
+    idle_s = 2
+    app = create_app(msgspec.structs.replace(embedded_settings, session_idle_timeout_seconds=idle_s))
+    async with serve(app) as client:
+        await signed_in(client)
+        in_use = []
+        until = time.monotonic() + 1.5 * idle_s
+        while time.monotonic() < until:  # someone at the page, longer than the idle timeout in all
+            in_use.append((await client.get("/ui/widgets")).status_code)
+            await asyncio.sleep(idle_s / 10)
+
+        async def ended() -> bool:  # looked for in the store: a request would count as use
+            return await stored_sessions(app) == []
+
+        await eventually(ended, 10, "the session left alone to end")
+        after = await client.get("/ui/widgets")
+
+    assert set(in_use) == {200}
+    assert_problem(after, 401)
+
+
+class PageScripts(HTMLParser):
+    """What a page would run: its script elements and its event-handler attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[dict[str, str | None]] = []
+        self.handlers: list[str] = []
+        self._in_script = False
+        self.inline_code = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handlers += [name for name, _ in attrs if name.startswith("on")]
+        self.handlers += [name for name, value in attrs if (value or "").strip().lower().startswith("javascript:")]
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+            self._in_script = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.inline_code += data.strip()
+
+
+def csp_directives(response: httpx.Response) -> dict[str, list[str]]:
+    policy = response.headers["content-security-policy"]
+    return {name: values for name, *values in (d.split() for d in policy.split(";") if d.strip())}
+
+
+async def test_dashboard_pages_tell_the_browser_to_run_only_their_own_scripts_and_not_be_framed(
+    client: httpx.AsyncClient,
+) -> None:
+    sign_in_page = await client.get("/")
+    refused_sign_in = await client.post("/ui/sign-in", data={"key": "not-a-key"})
+    unauthorized = await client.get("/ui/widgets")
+    await signed_in(client)
+    dashboard = await client.get("/")
+    read = await client.get("/ui/widgets")
+    static = await client.get("/ui/static/dashboard.js")
+
+    for response in (sign_in_page, refused_sign_in, unauthorized, dashboard, read, static):
+        policy = csp_directives(response)
+        assert policy["script-src"] == ["'self'"], response.request.url
+        assert policy["frame-ancestors"] == ["'none'"]
+        assert not [values for values in policy.values() if "'unsafe-inline'" in values or "'unsafe-eval'" in values]
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    for response in (sign_in_page, refused_sign_in, unauthorized, dashboard, read):
+        assert response.headers["cache-control"] == "no-store", response.request.url
+    assert 'name="csrf-token"' in dashboard.text
+    assert static.status_code == 200 and "no-store" not in static.headers.get("cache-control", "")
+
+
+async def test_dashboard_pages_hold_no_script_the_policy_would_block(client: httpx.AsyncClient) -> None:
+    pages = [(await client.get("/")).text]
+    await signed_in(client)
+    pages.append((await client.get("/")).text)
+
+    for page in pages:
+        found = PageScripts()
+        found.feed(page)
+        assert found.handlers == []
+        assert found.inline_code == ""
+        assert all((script.get("src") or "").startswith("/ui/static/") for script in found.scripts)
+    assert found.scripts  # the dashboard has its scripts, from files

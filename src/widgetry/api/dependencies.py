@@ -42,7 +42,7 @@ def provide_widget_filters(
     sort: Annotated[str, QueryParameter(pattern="^(asc|desc)$", description="Sort direction.")] = "asc",
 ) -> list[StatementFilter]:
     # Advanced Alchemy's filter providers name these `currentPage`, `pageSize`, `searchString`, `sortOrder`;
-    # API.md's names and bounds differ, so the same filter objects are built here from the contract's parameters.
+    # the contract's names and bounds (docs/api.md) differ, so the same filter objects are built here from its own.
     filters: list[StatementFilter] = [LimitOffset(limit=limit, offset=offset), OrderBy(order_by, sort)]  # type: ignore[arg-type]
     if search:
         filters.append(SearchFilter(field_name={"sku", "name"}, value=search, ignore_case=True, escape_wildcards=True))

@@ -75,7 +75,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = dict(
               "an import of more than 10,000 widgets.", "An import holds at most 10,000 widgets, not 12,000."),
         _type("unsupported-media-type", 415, "Unsupported Media Type", "An import that is neither JSON nor CSV.",
               "An import is sent as application/json or text/csv, not application/xml."),
-        _type("invalid", 422, "Invalid request", "The request breaks a rule of API.md: `invalid_params` names each "
+        _type("invalid", 422, "Invalid request", "The request breaks a rule of the API: `invalid_params` names each "
               "field and why.", "The request does not meet the rules of the API."),
         _type("idempotency-key-reused", 422, "Idempotency key reused", "An `Idempotency-Key` already used with a "
               "different request.", "This Idempotency-Key was used for a different request (command …)."),
@@ -223,8 +223,9 @@ EVENT_STREAM_RESPONSES = {
         media_type="text/event-stream",
         generate_examples=False,
         description="Server-sent events, endless: `id:` the stream position to resume from (`Last-Event-ID`), "
-        "`event:` the type, `data:` the envelope (see API.md). `: ping` comments keep an idle stream open; a cursor "
-        "that is unknown or older than the stream keeps gets one `stream.reset` event first.",
+        "`event:` the type, `data:` the event as JSON (`event_id`, `type`, `sku`, `version`, `command_id`, "
+        "`occurred_at`, `data`). `: ping` comments keep an idle stream open; a cursor that is unknown or older than "
+        "the stream keeps gets one `stream.reset` event first.",
         examples=[
             Example(
                 summary="one event",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 
-from litestar import get
+from litestar import Request, get
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
@@ -12,9 +16,13 @@ from litestar.response import Stream
 from widgetry.api.docs import EVENT_STREAM_RESPONSES
 from widgetry.api.limits import StreamLimit
 from widgetry.api.problems import invalid
+from widgetry.api.security import api_key_client
 from widgetry.api.widgets import SkuPath
+from widgetry.connections import is_unavailable
 from widgetry.domain.events import EventType
 from widgetry.streaming.hub import EventHub, Filter
+
+logger = logging.getLogger(__name__)
 
 SkuFilter = Annotated[list[str] | None, QueryParameter(description="Only events of these skus (repeatable).")]
 TypesFilter = Annotated[
@@ -25,10 +33,19 @@ CursorQuery = Annotated[
 ]
 CursorHeader = Annotated[str | None, HeaderParameter(name="Last-Event-ID", description="Resume after this event id.")]
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STILL_SIGNED_IN = "still_signed_in"
+"""A route `opt` key naming a check `(connection) -> bool` that an open stream runs again and again, ending when it
+says no: the dashboard's session check. Where reads need a key (`protect_reads`), the stream checks its key."""
+MIN_SIGN_IN_CHECK_S = 0.1
+"""A stream checks its sign-in as often as a web process trusts its look at a key (`api_key_cache_seconds`), and
+at most this often when that is 0."""
+
+StillSignedIn = Callable[[ASGIConnection], Awaitable[bool]]
 
 
 @get("/events", media_type="text/event-stream", middleware=[StreamLimit()], responses=EVENT_STREAM_RESPONSES)
 async def stream_events(
+    request: Request[Any, Any, Any],
     hub: NamedDependency[EventHub],
     sku: SkuFilter = None,
     types: TypesFilter = None,
@@ -36,7 +53,7 @@ async def stream_events(
     last_event_id_header: CursorHeader = None,
 ) -> Stream:
     """Every event (or those of the given skus and types), live; resumes exactly after a given id."""
-    return _stream(hub, Filter(sku, _event_types(types)), last_event_id_header or last_event_id)
+    return _stream(request, hub, Filter(sku, _event_types(types)), last_event_id_header or last_event_id)
 
 
 @get(
@@ -46,6 +63,7 @@ async def stream_events(
     responses=EVENT_STREAM_RESPONSES,
 )
 async def stream_widget_events(
+    request: Request[Any, Any, Any],
     hub: NamedDependency[EventHub],
     sku: SkuPath,
     types: TypesFilter = None,
@@ -53,12 +71,66 @@ async def stream_widget_events(
     last_event_id_header: CursorHeader = None,
 ) -> Stream:
     """The events of one widget."""
-    return _stream(hub, Filter([sku], _event_types(types)), last_event_id_header or last_event_id)
+    return _stream(request, hub, Filter([sku], _event_types(types)), last_event_id_header or last_event_id)
 
 
-def _stream(hub: EventHub, matches: Filter, cursor: str | None) -> Stream:
+def _stream(request: Request[Any, Any, Any], hub: EventHub, matches: Filter, cursor: str | None) -> Stream:
+    messages = hub.subscribe(matches, cursor)
+    settings = request.app.state.settings
+    still_signed_in: StillSignedIn | None = request.route_handler.opt.get(STILL_SIGNED_IN) or (
+        key_still_accepted if settings.protect_reads else None
+    )
+    if still_signed_in is not None:
+        every_s = max(settings.api_key_cache_seconds, MIN_SIGN_IN_CHECK_S)
+        messages = _while_signed_in(messages, lambda: still_signed_in(request), every_s)
     # A plain Stream, not ServerSentEvent: the hub encodes each message once and every subscriber sends the bytes.
-    return Stream(hub.subscribe(matches, cursor), media_type="text/event-stream", headers=EVENT_STREAM_HEADERS)
+    return Stream(messages, media_type="text/event-stream", headers=EVENT_STREAM_HEADERS)
+
+
+async def key_still_accepted(connection: ASGIConnection) -> bool:
+    return await api_key_client(connection) is not None
+
+
+async def _while_signed_in(
+    messages: AsyncGenerator[bytes, None], still_signed_in: Callable[[], Awaitable[bool]], every_s: float
+) -> AsyncIterator[bytes]:
+    """The stream's messages until its session ends or its key is revoked, asked every `every_s`.
+
+    The wait for the next message runs as a task of its own, so that the check comes on time while no message does
+    (keepalives are many seconds apart): a check between messages would leave a signed-out stream open that long.
+    """
+    next_message = asyncio.ensure_future(anext(messages))
+    try:
+        while True:
+            while not (await asyncio.wait({next_message}, timeout=every_s))[0]:
+                if not await _sign_in_stands(still_signed_in):
+                    return
+            try:
+                message = next_message.result()
+            except StopAsyncIteration:
+                return
+            next_message = asyncio.ensure_future(anext(messages))
+            yield message
+    finally:
+        # Synchronous, like the hub's own cleanup: a client disconnect cancels this generator, and an await here too.
+        # The hub's generator unsubscribes either way: cancelled where it waits for a message, or closed (in one step,
+        # its cleanup awaits nothing) where it stopped at one.
+        if next_message.done():
+            asyncio.ensure_future(messages.aclose())  # noqa: RUF006
+        else:
+            next_message.cancel()
+
+
+async def _sign_in_stands(still_signed_in: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        return await still_signed_in()
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        # Nothing can tell whether the session or key still stands: end the stream; the client resumes by id once
+        # it is let in again.
+        logger.warning("event stream ended, its sign-in cannot be checked: %r", error)
+        return False
 
 
 def _event_types(raw: list[str] | None) -> list[str] | None:

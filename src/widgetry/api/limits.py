@@ -18,7 +18,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 
 from widgetry.api.problems import problem_exception
-from widgetry.api.security import presented_key
+from widgetry.api.security import AUTHENTICATE, Authenticate, presented_key
 from widgetry.connections import is_unavailable
 from widgetry.settings import Settings
 
@@ -344,6 +344,16 @@ class OpenStreams:
             del self._open[client]
 
 
+async def stream_client(connection: ASGIConnection) -> str:
+    """Whom a stream counts against: as `client_identity` says, except under a router that signs in its own way
+    (`AUTHENTICATE`: the dashboard's session), where a signed-in stream counts against the key it signed in with.
+    The dashboard is then never locked out by anonymous streams from its address (one office, one proxy)."""
+    authenticate: Authenticate | None = connection.route_handler.opt.get(AUTHENTICATE)
+    if authenticate is not None and (fingerprint := await authenticate(connection)):
+        return f"key:{fingerprint}"
+    return client_identity(connection)
+
+
 class StreamLimit(ASGIMiddleware):
     """Litestar limits request rates but not connections held open, hence this.
 
@@ -361,7 +371,7 @@ class StreamLimit(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         connection = ASGIConnection(scope, receive, send)
         streams: OpenStreams = connection.app.state.open_streams
-        client = client_identity(connection)
+        client = await stream_client(connection)
         if not streams.open(client):
             raise problem_exception(
                 429,

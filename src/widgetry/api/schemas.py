@@ -1,4 +1,5 @@
-"""Request and response shapes. Widget shapes are derived from the model; the command shape is API.md's."""
+"""Request and response shapes. Widget shapes are derived from the model; the command shape is the contract's
+(docs/api.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class WidgetRead(SQLAlchemyDTO[Widget]):
 class StrictJSONBackend(DTOCodegenBackend):
     """Decodes request bodies in msgspec's strict mode: JSON has numbers, so `"100"` is not a price.
 
-    Litestar's DTOs decode leniently (strings to numbers), which would accept what API.md calls a wrong type.
+    Litestar's DTOs decode leniently (strings to numbers), which would accept what the contract calls a wrong type.
     """
 
     def parse_raw(self, raw: bytes, asgi_connection: ASGIConnection) -> Any:

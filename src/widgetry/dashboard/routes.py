@@ -23,10 +23,11 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from widgetry.api.commands import get_command
-from widgetry.api.events import stream_events
+from widgetry.api.events import STILL_SIGNED_IN, stream_events
 from widgetry.api.limits import RATE_LIMIT_EXEMPT
 from widgetry.api.security import AUTHENTICATE
 from widgetry.api.widgets import create_widget, delete_widget, import_widgets, list_widgets, update_widget
+from widgetry.dashboard.headers import SecurityHeaders
 from widgetry.dashboard.sessions import (
     CLIENT,
     CSRF_HEADER,
@@ -34,6 +35,7 @@ from widgetry.dashboard.sessions import (
     csrf_token,
     session_client,
     session_config,
+    session_lives_on,
     signed_in,
     start_session,
 )
@@ -103,7 +105,7 @@ def dashboard_routers(settings: Settings) -> list[Router]:
     return [
         Router(
             "/",
-            middleware=[session.middleware],
+            middleware=[SecurityHeaders(no_store=True), session.middleware],
             include_in_schema=False,
             route_handlers=[
                 dashboard,
@@ -112,7 +114,7 @@ def dashboard_routers(settings: Settings) -> list[Router]:
                 Router(
                     "/ui",
                     guards=[signed_in],
-                    opt={AUTHENTICATE: session_client},
+                    opt={AUTHENTICATE: session_client, STILL_SIGNED_IN: session_lives_on},
                     route_handlers=[
                         list_widgets,
                         get_command,
@@ -126,7 +128,12 @@ def dashboard_routers(settings: Settings) -> list[Router]:
             ],
         ),
         # No session here: a stylesheet needs none, and a page load is several of these.
-        create_static_files_router("/ui/static", directories=[HERE / "static"], opt={RATE_LIMIT_EXEMPT: True}),
+        create_static_files_router(
+            "/ui/static",
+            directories=[HERE / "static"],
+            opt={RATE_LIMIT_EXEMPT: True},
+            middleware=[SecurityHeaders(no_store=False)],
+        ),
     ]
 
 
