@@ -43,6 +43,7 @@ def assert_too_many_requests(response: httpx.Response, limit: int) -> None:
     retry_after = int(response.headers["retry-after"])
     assert retry_after >= 1
     assert response.headers["ratelimit-limit"] == str(limit)
+    assert response.headers["ratelimit-policy"].startswith(f"{limit}; w=")
     assert response.headers["ratelimit-remaining"] == "0"
     assert response.headers["ratelimit-reset"] == str(retry_after)
 
@@ -169,6 +170,7 @@ async def test_counted_responses_say_where_the_client_stands(embedded_settings: 
 
     assert [response.headers["ratelimit-remaining"] for response in responses] == ["9", "8", "7"]
     assert {response.headers["ratelimit-limit"] for response in responses} == {"10"}
+    assert {response.headers["ratelimit-policy"] for response in responses} == {"10; w=60"}
     assert all(1 <= int(response.headers["ratelimit-reset"]) <= 60 for response in responses)
 
 

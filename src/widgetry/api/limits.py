@@ -59,7 +59,7 @@ def client_identity(connection: ASGIConnection) -> str:
 
 
 class Verdict(NamedTuple):
-    limit: int
+    budget: Budget
     remaining: int
     reset_s: int
     """Seconds until the current window ends."""
@@ -68,7 +68,8 @@ class Verdict(NamedTuple):
 
     def headers(self) -> dict[str, str]:
         return {
-            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Policy": self.budget.policy,
+            "RateLimit-Limit": str(self.budget.limit),
             "RateLimit-Remaining": str(self.remaining),
             "RateLimit-Reset": str(self.reset_s if self.retry_after_s is None else self.retry_after_s),
         }
@@ -103,6 +104,7 @@ class Budget:
         self.limit = limit
         self.unit = unit
         self.period_s = PERIOD_S[unit]
+        self.policy = f"{limit}; w={self.period_s}"
         self.windows: dict[str, Window] = {}
         self.unsent: Counter[tuple[str, int]] = Counter()
         """Requests taken since the last sync, by client and window."""
@@ -130,10 +132,10 @@ class Budget:
         used = window.previous * (1 - elapsed) + current
         reset_s = math.ceil((1 - elapsed) * self.period_s)
         if used + 1 > self.limit:
-            return Verdict(self.limit, 0, reset_s, self._retry_after_s(window.previous, current, elapsed))
+            return Verdict(self, 0, reset_s, self._retry_after_s(window.previous, current, elapsed))
         window.local += 1
         self.unsent[client, index] += 1
-        return Verdict(self.limit, int(self.limit - used - 1), reset_s, None)
+        return Verdict(self, int(self.limit - used - 1), reset_s, None)
 
     def _retry_after_s(self, previous: int, current: int, elapsed: float) -> int:
         """When the estimate next leaves room for one request: later in this window as the previous one's weight
