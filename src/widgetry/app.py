@@ -26,13 +26,7 @@ from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
 from widgetry.api.docs import get_problem_type, list_problem_types
 from widgetry.api.events import stream_events, stream_widget_events
-from widgetry.api.limits import (
-    RATE_LIMIT_EXEMPT,
-    RATE_LIMIT_STORE,
-    OpenStreams,
-    rate_limit_config,
-    rate_limit_store,
-)
+from widgetry.api.limits import RATE_LIMIT_EXEMPT, OpenStreams, RateLimit, RateLimiter
 from widgetry.api.metrics import MetricsController, metrics_guard
 from widgetry.api.ops import health, ready
 from widgetry.api.options import allow_every_method
@@ -78,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     queue = build_queue(connections)
     read_guards = [api_key_guard] if settings.protect_reads else []
-    rate_limit = rate_limit_config(settings)
+    rate_limiter = RateLimiter.of(connections.redis, settings)
     return Litestar(
         route_handlers=[
             # Reads and writes share paths (`/widgets`), and Litestar gives each path one automatic OPTIONS
@@ -123,11 +117,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         dependencies=DEPENDENCIES,
         before_send=[allow_every_method],
-        middleware=[prometheus_config().middleware, *([rate_limit.middleware] if rate_limit else [])],
-        stores={
-            SESSION_STORE: session_store(connections.redis, settings),
-            **({RATE_LIMIT_STORE: rate_limit_store(connections.redis, settings)} if rate_limit else {}),
-        },
+        middleware=[prometheus_config().middleware, *([RateLimit()] if rate_limiter else [])],
+        stores={SESSION_STORE: session_store(connections.redis, settings)},
         template_config=template_config(),
         cors_config=_cors_config(settings),
         plugins=[
@@ -149,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "exposition": Exposition(),
                 "intake": CommandIntake(connections.alchemy, queue, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
+                "rate_limiter": rate_limiter,
                 "api_keys": ApiKeys.configured(settings, connections.alchemy),
             }
         ),

@@ -34,6 +34,7 @@ from widgetry.services.intake import dispatch
 from widgetry.services.keys import DEFAULT_SCOPES, ApiKeyService, KeyNameTaken, KeyNotFound
 
 if TYPE_CHECKING:
+    import uvicorn
     from litestar import Litestar
 
     from widgetry.connections import Connections
@@ -87,7 +88,14 @@ def run_command(app: Litestar, host: str, port: int, log_level: str) -> None:
             app.state.hub.close_subscribers()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(
+    Server(server_config(app, host, port, log_level)).run()
+
+
+def server_config(app: Litestar, host: str, port: int, log_level: str) -> uvicorn.Config:
+    import uvicorn  # noqa: PLC0415 - only serving needs it
+
+    trusted_proxies = list(app.state.settings.trusted_proxies)
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -96,8 +104,11 @@ def run_command(app: Litestar, host: str, port: int, log_level: str) -> None:
         lifespan="on",
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Uvicorn by default believes `X-Forwarded-For` from 127.0.0.1, so any local process could pose as any
+        # client; the header is read only from the proxies the settings name.
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=trusted_proxies,
     )
-    Server(config).run()
 
 
 def _workers_run_command(saq_run: click.Command) -> click.Command:

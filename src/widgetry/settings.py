@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -73,11 +74,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     It runs on a cron schedule, so it must divide a minute (1 to 60 s) or an hour (whole minutes)."""
     recovery_grace_seconds: Positive = 30
     """How long an accepted command may wait for its job before the recovery pass queues it again."""
-    rate_limit: str = "1200/minute"
-    """Requests per API key (per client address for requests without a valid key): `<count>/<second|minute|hour|day>`
-    or `off`. The default, 20 a second on average with bursts up to the minute's budget, is far above what a person
-    or a polite script sends (bulk writes go through `/widgets/imports`), yet stops one client from flooding the
-    command table and the queue. The window is a minute because Litestar keeps one timestamp per request in it."""
+    rate_limit_writes: str = "750/second"
+    """Writes (POST, PUT, PATCH, DELETE) per API key, or per client address for requests without a valid key:
+    `<count>/<second|minute|hour|day>` or `off`. Above the ~650 commands a second one web process accepts on
+    PostgreSQL, so one client is never held below what the service can do, and any 600 writes at once pass; a flood
+    of 50,000 a minute (833 a second) is refused."""
+    rate_limit_reads: str = "30000/minute"
+    """Every other request (reads, polls of a `Location`, opening an event stream) per API key or client address,
+    counted apart from writes. A client polling a command 1,500 times a minute uses a twentieth of it; a flood of
+    50,000 a minute is refused however it falls across the minute."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (`10.0.0.0/8`) of the reverse proxies in front of the service. Only a request from one
+    of them has its client address taken from `X-Forwarded-For`: the right-most address there that is not itself a
+    trusted proxy. None by default: the address is the connection's, and the header is ignored."""
     sse_connections_per_client: Annotated[int, msgspec.Meta(ge=1)] = 20
     """Open event streams per API key (per client address without a valid key), counted in each web process.
     A browser holds one per tab; twenty leaves room for several tabs and dashboards behind one address."""
@@ -98,8 +107,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     standard `OTEL_EXPORTER_OTLP_*` variables say)."""
 
     def __post_init__(self) -> None:
-        if self.rate_limit.strip() != RATE_LIMIT_OFF and not RATE_LIMIT.match(self.rate_limit):
-            raise ValueError(f"rate_limit must be '<count>/<second|minute|hour|day>' or 'off', not {self.rate_limit!r}")
+        for name in ("rate_limit_writes", "rate_limit_reads"):
+            rate = getattr(self, name)
+            if rate.strip() != RATE_LIMIT_OFF and not RATE_LIMIT.match(rate):
+                raise ValueError(f"{name} must be '<count>/<second|minute|hour|day>' or 'off', not {rate!r}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {proxy!r} is not an address or a network") from None
         interval = self.recovery_interval_seconds
         if not (60 % interval == 0 if interval <= 60 else interval % 60 == 0 and 60 % (interval // 60) == 0):
             raise ValueError(f"recovery_interval_seconds must divide a minute or an hour, not {interval}")
@@ -107,6 +123,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
+        if env.get("WIDGETRY_RATE_LIMIT"):
+            raise ValueError(
+                "WIDGETRY_RATE_LIMIT is replaced by WIDGETRY_RATE_LIMIT_WRITES and WIDGETRY_RATE_LIMIT_READS"
+            )
         values: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
             raw = env.get(_ENV_NAMES.get(field.name, f"WIDGETRY_{field.name.upper()}"))
@@ -142,12 +162,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
                 return driver + url.removeprefix(plain)
         return url
 
-    @property
-    def rate_limit_rule(self) -> tuple[RateUnit, int] | None:
-        """The limit as Litestar's rate limiter takes it, `(unit, count)`; `None` when it is off."""
-        if not (found := RATE_LIMIT.match(self.rate_limit)):
+    @staticmethod
+    def rate(value: str) -> tuple[int, RateUnit] | None:
+        """A rate limit setting as `(count, unit)`; `None` when it is off."""
+        if not (found := RATE_LIMIT.match(value)):
             return None
-        return cast("RateUnit", found["unit"]), int(found["count"])
+        return int(found["count"]), cast("RateUnit", found["unit"])
 
     @property
     def metrics_protected(self) -> bool:
@@ -180,5 +200,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
 
 
 _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
-_LISTS = {"api_keys", "admin_keys", "cors_origins"}
+_LISTS = {"api_keys", "admin_keys", "cors_origins", "trusted_proxies"}
 """Settings given as one comma-separated variable."""

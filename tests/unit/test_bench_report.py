@@ -94,17 +94,17 @@ def test_merged_histograms_equal_one_histogram_of_all_the_latencies() -> None:
     assert merged.max_ms == 11_000.0
 
 
-def report(**changes: Any) -> dict[str, Any]:
+def report(errors: dict[str, int] | None = None, **changes: Any) -> dict[str, Any]:
     """A report of a small spawned run: 100 commands, 2 subscribers, one second from first send to last seen."""
     start = 1_700_000_000_000_000_000
     load = LoadResult(
         workload=Workload("r1", 100, 25),
         subscribers=2,
-        accepted=100,
+        accepted=100 - sum((errors or {}).values()),
         completed=100,
         failed=0,
         lost=0,
-        errors={},
+        errors=errors or {},
         first_send_ns=start,
         last_reply_ns=start + 500_000_000,
         last_done_ns=start + 1_000_000_000,
@@ -152,6 +152,23 @@ def test_the_table_shows_the_figures_and_the_outcome() -> None:
     assert "1000.00 jobs/s" in table
     assert "10 of 10 connections held" in table
     assert table.splitlines()[-1].split() == ["note", "a", "note"]
+
+
+def test_a_run_the_target_rate_limited_says_so_and_names_the_setting_to_raise() -> None:
+    document = json.loads(json.dumps(report(errors={"429": 231, "503": 2}, notes=["a note"])))
+    table = render_table(document)
+
+    line = "the target rate limited this run, answering 231 writes with 429 Too Many Requests"
+    assert document["notes"][0].startswith(line)
+    assert "raise WIDGETRY_RATE_LIMIT_WRITES on the target" in document["notes"][0]
+    assert [row for row in table.splitlines() if row.startswith("note") and line in row]
+    assert "429: 231" in table
+
+
+def test_a_run_nothing_refused_for_its_rate_says_nothing_of_rate_limits() -> None:
+    table = render_table(report(errors={"503": 2}))
+
+    assert "rate limit" not in table
 
 
 def test_a_run_without_baselines_has_no_ratios() -> None:

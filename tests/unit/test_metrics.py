@@ -137,7 +137,7 @@ async def test_anonymous_scrapes_count_against_the_address_and_keyed_ones_agains
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    app = create_app(Settings(api_keys=(API_KEY,), rate_limit="2/minute"))
+    app = create_app(Settings(api_keys=(API_KEY,), rate_limit_reads="2/minute"))
     async with serve(app) as client:
         anonymous = [await client.get("/metrics") for _ in range(3)]
         keyed = [(await client.get("/metrics", headers=AUTH)).status_code for _ in range(2)]

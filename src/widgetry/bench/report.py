@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     from widgetry.bench.baselines import DirectWrite, RawSaq
     from widgetry.bench.load import LoadResult
 
+RATE_LIMITED_HINT = (
+    "it rate limits this API key: raise WIDGETRY_RATE_LIMIT_WRITES on the target (or set it to off) and run again"
+)
+
 LATENCIES = (
     ("post_to_202_ms", "POST -> 202"),
     ("accepted_to_applied_ms", "202 -> applied"),
@@ -87,8 +91,17 @@ def build_report(
             "e2e_vs_raw_saq": _ratio(commands_per_s, raw_saq.jobs_per_s if raw_saq else None),
             "e2e_vs_direct": _ratio(commands_per_s, direct.commands_per_s if direct else None),
         },
-        "notes": notes,
+        "notes": [*_rate_limited(load.errors), *notes],
     }
+
+
+def _rate_limited(errors: dict[str, int]) -> list[str]:
+    """Says so plainly when the target refused writes for their rate: the run then measured its limit, not it."""
+    if not (refused := errors.get("429")):
+        return []
+    return [
+        f"the target rate limited this run, answering {refused} writes with 429 Too Many Requests; {RATE_LIMITED_HINT}"
+    ]
 
 
 def _seconds(start_ns: int | None, end_ns: int | None) -> float | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from widgetry.bench.report import RATE_LIMITED_HINT
 from widgetry.client import AsyncWidgetryClient, ProblemError
 
 STOP_TIMEOUT_S = 15
@@ -72,7 +73,8 @@ class Stack:
         env = {
             **os.environ,
             **self.env,
-            "WIDGETRY_RATE_LIMIT": "off",
+            "WIDGETRY_RATE_LIMIT_WRITES": "off",
+            "WIDGETRY_RATE_LIMIT_READS": "off",
             "WIDGETRY_SSE_CONNECTIONS_PER_CLIENT": str(SSE_CONNECTIONS_PER_CLIENT),
             "WIDGETRY_WORKER_CONCURRENCY": str(self.concurrency),
         }
@@ -178,6 +180,7 @@ async def warm_up(url: str, api_key: str, run_id: str) -> None:
                 if time.monotonic() > deadline:
                     raise StackFailed(f"no worker applied a warm-up write within {WARM_UP_TIMEOUT_S} s")
         except ProblemError as refused:
-            raise StackFailed(f"the warm-up write to {url} was answered {refused}") from refused
+            hint = f"; {RATE_LIMITED_HINT}" if refused.status == 429 else ""
+            raise StackFailed(f"the warm-up write to {url} was answered {refused}{hint}") from refused
         except httpx.TransportError as error:
             raise StackFailed(f"the warm-up write to {url} got no answer: {error!r}") from error
