@@ -30,6 +30,8 @@ APP_OPTIONS = ("app_path", "app_dir")
 
 
 def main() -> None:
+    # httpx logs each request it sends at INFO: the bench's and the tail's requests would be lines among their output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if sys.argv[1:3] == ["events", "tail"]:
         sys.exit(events_group(sys.argv[2:], prog_name="widgetry events"))
     os.environ.setdefault("LITESTAR_APP", APP_PATH)
@@ -62,9 +64,6 @@ OMITTED_DATA = frozenset({"sku", "version", "created_at", "updated_at"})
 @click.option("--since", metavar="ID", help="Start after this event id (an earlier line's), not at the live end.")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object per line.")
 def tail_events(url: str, api_key: str | None, skus: tuple[str, ...], since: str | None, as_json: bool) -> None:
-    # httpx logs each request it sends at INFO: every reconnect would put a line of its own among the events.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
     async def follow() -> None:
         async with AsyncWidgetryClient(url, api_key) as client:
             async for event in client.events(sku=skus or None, last_event_id=since):

@@ -92,3 +92,15 @@ def test_events_tail_follows_the_stream_without_loading_the_application(tmp_path
     [line] = [line for line in tail.output.splitlines() if command_id in line]
     assert "widget.created" in line
     assert "TAIL-1" in line
+
+
+def test_the_bench_prints_its_report_and_no_line_per_request(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY}, tmp_path)
+    try:
+        bench = widgetry("bench", "--url", server.url, "--api-key", API_KEY, "--quick", "--no-baselines", cwd=tmp_path)
+    finally:
+        server.stop()
+
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "HTTP Request" not in bench.stdout + bench.stderr
+    assert "accepted" in bench.stdout
