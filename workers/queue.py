@@ -243,10 +243,16 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
             enable_otel=traced,
         )
     )
+    adapt_workers(plugin)
+    return plugin
+
+
+def adapt_workers(plugin: SAQPlugin) -> None:
+    """Makes the plugin's workers (built now unless they are already) this service's. Call it again whenever the
+    plugin is made to build them anew (`remove_workers`)."""
     for worker in plugin.get_workers().values():
         # litestar-saq builds its own `Worker`s, and takes no class to build them from.
         worker.__class__ = CommandWorker
         # litestar-saq starts a heartbeat thread for its `monitored_job` decorator, which no job here uses, and
         # that thread logs a crash on every shutdown; QueueConfig has no option to leave it off.
         worker._enable_heartbeat_manager = False  # noqa: SLF001
-    return plugin

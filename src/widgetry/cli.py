@@ -111,11 +111,15 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
         from litestar_saq import SAQPlugin  # noqa: PLC0415
 
         plugin = app.plugins.get(SAQPlugin)
-        for queue_config in plugin.config.queue_configs:
+        for queue_config in plugin.config.queue_configs:  # what litestar-saq builds more processes' workers from
             queue_config.separate_process = True
             if concurrency is not None:
                 queue_config.concurrency = concurrency
-        plugin.remove_workers()
+        for worker in plugin.get_workers().values():
+            # The app built its workers already, as the service's own (`workers.queue.saq_plugin`): they run here.
+            worker.separate_process = True
+            if concurrency is not None:
+                worker.concurrency = concurrency
         _use_uvloop()
         ctx.invoke(saq_run, workers=processes)
 
