@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
-from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
+from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
+from saq.utils import cancel_tasks
 
 from widgetry.api.security import admin_guard
 from widgetry.connections import is_unavailable
@@ -132,6 +133,24 @@ class EmbeddedRedisQueue(CommandQueue):
         return scheduled
 
 
+class CommandWorker(Worker):
+    """litestar-saq's worker, stopping an idle worker without a warning.
+
+    SAQ's stop waits its grace period for every task the worker has, its upkeep loops and its waiting dequeues
+    included, which never end by themselves: with no grace (see `saq_plugin`), every shutdown warned that "some
+    tasks did not finish". An idle worker's tasks hold no job, so they are cancelled here first, quietly; with jobs
+    in flight, SAQ stops them (cancelled, then retried) and warns, as it should.
+    """
+
+    async def stop(self) -> None:
+        self.event.set()  # no dequeue starts from here on
+        if not self.job_task_contexts:
+            idle = list(self.tasks)
+            self.tasks.clear()
+            await cancel_tasks(idle, timeout=self._cancellation_hard_deadline_s)
+        await super().stop()
+
+
 def _raise_if_cancelled() -> None:
     """Re-raises a cancellation that a Redis call took in and did not pass on.
 
@@ -224,8 +243,16 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
             enable_otel=traced,
         )
     )
+    adapt_workers(plugin)
+    return plugin
+
+
+def adapt_workers(plugin: SAQPlugin) -> None:
+    """Makes the plugin's workers (built now unless they are already) this service's. Call it again whenever the
+    plugin is made to build them anew (`remove_workers`)."""
     for worker in plugin.get_workers().values():
+        # litestar-saq builds its own `Worker`s, and takes no class to build them from.
+        worker.__class__ = CommandWorker
         # litestar-saq starts a heartbeat thread for its `monitored_job` decorator, which no job here uses, and
         # that thread logs a crash on every shutdown; QueueConfig has no option to leave it off.
         worker._enable_heartbeat_manager = False  # noqa: SLF001
-    return plugin

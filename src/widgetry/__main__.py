@@ -1,3 +1,3 @@
-from widgetry.cli import main
+from widgetry.console import main
 
 main()

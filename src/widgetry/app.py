@@ -186,7 +186,10 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     if settings.uses_sqlite:
         await anyio.to_thread.run_sync(upgrade_database, settings)
     if settings.dev_key_generated:
-        print(f"widgetry: development API key for this run: {settings.effective_api_keys[0]}", flush=True)
+        print(
+            f"widgetry: development API key: {settings.effective_api_keys[0]} (kept in {settings.dev_key_path})",
+            flush=True,
+        )
     elif not settings.effective_api_keys + settings.effective_admin_keys:
         logger.warning("No WIDGETRY_API_KEYS or WIDGETRY_ADMIN_KEYS set: every write will be refused with 401.")
     await app.state.hub.start()

@@ -1,4 +1,5 @@
-"""`widgetry`: Litestar's CLI with the app preset, plus `run`, `workers run --concurrency` and `commands ...`.
+"""The app's commands in `widgetry` (Litestar's CLI with the app preset, see `widgetry.console`): `run`, `workers run
+--concurrency` and `commands ...`.
 
 Advanced Alchemy contributes `database ...` and litestar-saq `workers ...`; this plugin adjusts two commands and
 adds the operator's `commands show|failed|retry`, `events tail` and `keys create|list|revoke`.
@@ -7,24 +8,25 @@ adds the operator's `commands show|failed|retry`, `events tail` and `keys create
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import sys
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import anyio
 import click
 import msgspec
+from advanced_alchemy.extensions.litestar import AlembicCommands
 from advanced_alchemy.filters import OrderBy
+from alembic.script import ScriptDirectory
 from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
+from sqlalchemy import column, select, table
+from sqlalchemy.exc import OperationalError
 
 from widgetry.bench.command import bench_command
-from widgetry.client import DEFAULT_URL, STREAM_RESET, URL_VARIABLE, AsyncWidgetryClient, Event, ProblemError
 from widgetry.connections import is_unavailable
+from widgetry.console import events_group
 from widgetry.domain.models import EventRecord, Scope
 from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.observability.logs import uvicorn_log_config
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
     from widgetry.domain.models import ApiKey, CommandRecord
     from widgetry.settings import Settings
 
-APP_PATH = "widgetry.app:create_app"
 GRACEFUL_SHUTDOWN_S = 5
 KEEP_ALIVE_S = 75
 """How long an idle HTTP/1.1 connection stays open. Uvicorn's 5 s equals httpx's (and others') pool expiry: a
@@ -52,13 +53,6 @@ QUEUE_TIMEOUT_S = 10
 """How long `commands retry` tries to reach Redis before leaving the command to the recovery pass."""
 
 T = TypeVar("T")
-
-
-def main() -> None:
-    os.environ.setdefault("LITESTAR_APP", APP_PATH)
-    from litestar.cli.main import litestar_group  # noqa: PLC0415 - read LITESTAR_APP first
-
-    sys.exit(litestar_group())
 
 
 class WidgetryCLIPlugin(CLIPlugin):
@@ -128,11 +122,15 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
         from litestar_saq import SAQPlugin  # noqa: PLC0415
 
         plugin = app.plugins.get(SAQPlugin)
-        for queue_config in plugin.config.queue_configs:
+        for queue_config in plugin.config.queue_configs:  # what litestar-saq builds more processes' workers from
             queue_config.separate_process = True
             if concurrency is not None:
                 queue_config.concurrency = concurrency
-        plugin.remove_workers()
+        for worker in plugin.get_workers().values():
+            # The app built its workers already, as the service's own (`workers.queue.saq_plugin`): they run here.
+            worker.separate_process = True
+            if concurrency is not None:
+                worker.concurrency = concurrency
         _use_uvloop()
         ctx.invoke(saq_run, workers=processes)
 
@@ -344,62 +342,6 @@ def _table(commands: list[FailedCommand]) -> str:
     return _columns(rows)
 
 
-@click.group(name="events", help="Follow the event stream.")
-def events_group() -> None:
-    """The stream as an operator watches it: through the Python client, over HTTP, from any machine."""
-
-
-SHOWN_DATA_CHARS = 100
-OMITTED_DATA = frozenset({"sku", "version", "created_at", "updated_at"})
-"""Said elsewhere on an event's line already, or noise there."""
-
-
-@events_group.command(
-    name="tail",
-    help="Print events as they happen, for ever, resuming where it left off after a disconnect or a server restart.",
-)
-@click.option("--url", envvar=URL_VARIABLE, default=DEFAULT_URL, show_default=True, help="The service [WIDGETRY_URL].")
-@click.option("--api-key", envvar="WIDGETRY_API_KEY", help="Needed when reads are protected [WIDGETRY_API_KEY].")
-@click.option("--sku", "skus", multiple=True, help="Only this sku's events (repeatable).")
-@click.option("--since", metavar="ID", help="Start after this event id (an earlier line's), not at the live end.")
-@click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object per line.")
-def tail_events(url: str, api_key: str | None, skus: tuple[str, ...], since: str | None, as_json: bool) -> None:
-    # httpx logs each request it sends at INFO: every reconnect would put a line of its own among the events.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    async def follow() -> None:
-        async with AsyncWidgetryClient(url, api_key) as client:
-            async for event in client.events(sku=skus or None, last_event_id=since):
-                click.echo(msgspec.json.encode(event).decode() if as_json else _event_line(event))
-
-    try:
-        asyncio.run(follow())
-    except ProblemError as refused:
-        raise click.ClickException(f"{url} refused the event stream: {refused}") from None
-    except KeyboardInterrupt:
-        pass
-
-
-def _event_line(event: Event) -> str:
-    if event.type == STREAM_RESET:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        return f"{now}  {STREAM_RESET}  the stream no longer holds where this left off: events may have been missed"
-    shown = {name: value for name, value in event.data.items() if name not in OMITTED_DATA}
-    data = " ".join(f"{name}={msgspec.json.encode(value).decode()}" for name, value in shown.items())
-    if len(data) > SHOWN_DATA_CHARS:
-        data = data[: SHOWN_DATA_CHARS - 3] + "..."
-    fields = (
-        event.occurred_at.isoformat(timespec="milliseconds") if event.occurred_at else "-",
-        event.type.ljust(17),
-        event.sku or "-",
-        f"v{event.version}" if event.version is not None else "-",
-        f"command {event.command_id}",
-        data or "-",
-        f"[{event.id}]",
-    )
-    return "  ".join(fields)
-
-
 @click.group(cls=LitestarGroup, name="keys", help="Make, list and revoke the API keys kept in the database.")
 def keys_group() -> None:
     """Keys beside `WIDGETRY_API_KEYS` and `WIDGETRY_ADMIN_KEYS`: each shown once when made, stored as a digest with
@@ -503,13 +445,32 @@ def revoke_key(app: Litestar, key: str) -> None:
 
 
 def _run_migrated(app: Litestar, work: Callable[[Connections], Awaitable[T]]) -> T:
-    """`_run`, on SQLite after migrating it as the server does when it starts: keys may be made before it ever has."""
+    """`_run`, on SQLite after migrating it as the server does when it starts (keys may be made before it ever has),
+    and only when it is behind: Alembic tells of every upgrade it runs, even one with nothing to do."""
     settings: Settings = app.state.settings
-    if settings.uses_sqlite:
-        from widgetry.app import upgrade_database  # noqa: PLC0415 - the app module imports this one
 
-        upgrade_database(settings)
-    return _run(app, work)
+    async def migrated(connections: Connections) -> T:
+        if settings.uses_sqlite and not await _is_current(connections):
+            from widgetry.app import upgrade_database  # noqa: PLC0415 - the app module imports this one
+
+            await anyio.to_thread.run_sync(upgrade_database, settings)
+        return await work(connections)
+
+    return _run(app, migrated)
+
+
+async def _is_current(connections: Connections) -> bool:
+    """Whether the database is at the newest revision, read from Alembic's version table: Alembic's own way (a
+    migration context) logs two lines of its own each time."""
+    alchemy = connections.alchemy
+    newest = ScriptDirectory.from_config(AlembicCommands(sqlalchemy_config=alchemy).config).get_heads()
+    versions = table(alchemy.alembic_config.version_table_name, column("version_num"))
+    try:
+        async with alchemy.get_engine().connect() as connection:
+            applied = (await connection.execute(select(versions.c.version_num))).scalars().all()
+    except OperationalError:  # no version table yet: a new database
+        return False
+    return sorted(applied) == sorted(newest)
 
 
 def _scopes(scopes: Iterable[Scope]) -> str:

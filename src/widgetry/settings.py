@@ -183,11 +183,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
 
     @cached_property
     def effective_api_keys(self) -> tuple[str, ...]:
-        """The `write` keys; on the embedded defaults with no key set at all, one dev key made for this process (an
-        admin key too, see `effective_admin_keys`)."""
+        """The `write` keys; on the embedded defaults with no key set at all, the development key (an admin key too,
+        see `effective_admin_keys`)."""
         if self.api_keys or self.admin_keys or not (self.embedded_database and self.embedded_redis):
             return self.api_keys
-        return (f"dev-{secrets.token_urlsafe(18)}",)
+        return (development_key(self.dev_key_path),)
+
+    @property
+    def dev_key_path(self) -> Path:
+        """Where the development key is kept: beside the embedded SQLite file, which it lives and dies with."""
+        return Path.cwd() / DEV_KEY_FILE
 
     @property
     def effective_admin_keys(self) -> tuple[str, ...]:
@@ -197,6 +202,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     @property
     def dev_key_generated(self) -> bool:
         return not self.api_keys and bool(self.effective_api_keys)
+
+
+DEV_KEY_FILE = "widgetry.dev-key"
+
+
+def development_key(path: Path) -> str:
+    """The key kept in `path`, made there the first time (readable by its owner only), so that a restart leaves the
+    dashboard's session and the shell variable holding the key valid.
+
+    A new key is written to a file of its own and linked into place, which fails if another process starting at the
+    same moment linked its key first: both then use that one, and nobody reads a half-written file.
+    """
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = None
+    if kept:
+        return kept
+    key = f"dev-{secrets.token_urlsafe(18)}"
+    made = path.with_name(f".{path.name}.{os.getpid()}")
+    with os.fdopen(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(key + "\n")
+    try:
+        if kept is None:
+            os.link(made, path)
+        else:  # there, but empty: made over
+            made.replace(path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        made.unlink(missing_ok=True)
+    return key
 
 
 _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}

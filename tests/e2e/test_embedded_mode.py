@@ -39,7 +39,7 @@ def test_an_idle_server_uses_under_five_percent_of_a_core(tmp_path: Path) -> Non
 def test_without_keys_a_development_key_is_generated_printed_and_accepted(tmp_path: Path) -> None:
     server = Server({"WIDGETRY_API_KEYS": ""}, tmp_path)
     try:
-        printed = re.search(r"development API key for this run: (\S+)", server.output)
+        printed = re.search(r"development API key: (\S+)", server.output)
         assert printed is not None, server.output
         with httpx.Client(base_url=server.url) as client:
             body = {"sku": "DEV", "name": "x", "price_cents": 1}

@@ -68,7 +68,7 @@ async def test_problems_become_errors_carrying_the_problem(widgetry: AsyncWidget
             await keyless.create("CL-2", "Clamp", 1)
 
     assert invalid.value.status == 422
-    assert [param["name"] for param in invalid.value.invalid_params] == ["sku"]
+    assert [param["name"] for param in invalid.value.invalid_params] == ["sku", "name"]
     assert (missing.value.status, missing.value.type.rsplit("/", 1)[-1]) == (404, "widget-not-found")
     assert unauthorized.value.status == 401
     assert unauthorized.value.problem["status"] == 401

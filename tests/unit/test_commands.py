@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -16,6 +17,7 @@ from tests.support import API_KEY, AUTH, WAIT, eventually, serve
 from tests.unit.state import CommandRecord, count, outbox, stream, unpublish_everything, widget_row
 from widgetry.app import create_app
 from widgetry.domain.problems import CommandFailed
+from widgetry.services import commands as command_service
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
 from workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
@@ -294,3 +296,27 @@ async def test_the_relay_publishes_events_committed_but_never_published(
     assert [e["type"] for e in await stream(app)] == ["widget.created"]
     assert all(row.stream_id for row in await outbox(app))
     assert await relay_unpublished({"connections": app.state.connections}) == 0
+
+
+async def test_a_command_shows_running_while_it_is_applied(
+    client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = command_service._execute  # noqa: SLF001
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def paused(*args: Any) -> Any:
+        reached.set()
+        await release.wait()
+        return await execute(*args)
+
+    monkeypatch.setattr(command_service, "_execute", paused)
+    accepted = await client.post("/widgets", json=SPROCKET, headers=AUTH)
+    location = accepted.headers["location"]
+    await asyncio.wait_for(reached.wait(), 10)
+    while_applied = (await client.get(location)).json()
+    release.set()
+    after = await finished(client, location)
+
+    assert [accepted.json()["status"], while_applied["status"], after["status"]] == ["accepted", "running", "succeeded"]
+    assert while_applied["finished_at"] is None
+    assert await widget_row(app, "SPR-1") is not None

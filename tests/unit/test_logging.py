@@ -18,7 +18,9 @@ def json_lines(output: str) -> list[dict[str, Any]]:
 
 
 def test_one_command_is_found_from_request_to_event_by_its_id(tmp_path: Path) -> None:
-    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    server = Server(
+        {"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json", "WIDGETRY_LOG_LEVEL": "DEBUG"}, tmp_path
+    )
     try:
         created = httpx.post(
             f"{server.url}/widgets", json={"sku": "L-1", "name": "Logged", "price_cents": 5}, headers=AUTH | WAIT
@@ -38,7 +40,7 @@ def test_one_command_is_found_from_request_to_event_by_its_id(tmp_path: Path) ->
     assert lines["command.accepted"] | {"timestamp": None} == lines["command.accepted"] | {
         "type": "create_widget",
         "sku": "L-1",
-        "level": "info",
+        "level": "debug",
         "timestamp": None,
     }
     assert lines["event.published"]["event_type"] == "widget.created"
@@ -47,7 +49,9 @@ def test_one_command_is_found_from_request_to_event_by_its_id(tmp_path: Path) ->
 
 
 def test_failed_commands_are_told_with_their_outcome(tmp_path: Path) -> None:
-    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    server = Server(
+        {"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json", "WIDGETRY_LOG_LEVEL": "DEBUG"}, tmp_path
+    )
     try:
         missing = httpx.delete(f"{server.url}/widgets/NOPE-1", headers=AUTH | WAIT)
         command_id = missing.headers["Location"].rsplit("/", 1)[-1]
@@ -61,6 +65,32 @@ def test_failed_commands_are_told_with_their_outcome(tmp_path: Path) -> None:
 
     assert missing.status_code == 404
     assert told() == ["command.accepted", "command.failed", "event.published"]
+
+
+def test_at_info_each_command_is_one_line_its_outcome_and_an_idle_shutdown_warns_of_nothing(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    try:
+        body = {"sku": "L-2", "name": "Logged", "price_cents": 5}
+        created = httpx.post(f"{server.url}/widgets", json=body, headers=AUTH | WAIT)
+        refused = httpx.post(f"{server.url}/widgets", json=body, headers=AUTH | WAIT)
+        commands = {
+            created.json()["id"]: "command.applied",
+            refused.json()["command"].rsplit("/", 1)[-1]: "command.failed",
+        }
+
+        def told() -> dict[str, list[str]]:
+            lines = json_lines(server.output)
+            return {
+                command: [line["event"] for line in lines if line.get("command_id") == command] for command in commands
+            }
+
+        wait_until(lambda: all(told().values()), 10, f"each command's line\n{server.output}")
+    finally:
+        server.stop()
+
+    assert (created.status_code, refused.status_code) == (200, 409)
+    assert told() == {command: [outcome] for command, outcome in commands.items()}
+    assert [line for line in json_lines(server.output) if line["level"] not in ("debug", "info")] == []
 
 
 def test_log_format_follows_the_setting_and_else_the_terminal() -> None:

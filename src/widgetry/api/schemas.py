@@ -15,11 +15,13 @@ from litestar.connection import ASGIConnection
 from litestar.dto._backend import DTOBackend
 from litestar.dto._codegen_backend import DTOCodegenBackend
 from litestar.dto.data_structures import DTOFieldDefinition
+from litestar.exceptions import SerializationException, ValidationException
 from litestar.openapi.spec import Reference, Schema
 from litestar.params import KwargDefinition
 from litestar.serialization import decode_json
 from litestar.typing import FieldDefinition
 
+from widgetry.api.problems import in_words
 from widgetry.domain.models import CommandRecord, Widget
 
 if TYPE_CHECKING:
@@ -34,11 +36,51 @@ class StrictJSONBackend(DTOCodegenBackend):
     """Decodes request bodies in msgspec's strict mode: JSON has numbers, so `"100"` is not a price.
 
     Litestar's DTOs decode leniently (strings to numbers), which would accept what the contract calls a wrong type.
+    A body that breaks the rules is refused with every field at fault, where msgspec names only the first.
     """
 
     def parse_raw(self, raw: bytes, asgi_connection: ASGIConnection) -> Any:
         type_decoders = asgi_connection.route_handler.resolve_type_decoders()
-        return decode_json(value=raw, target_type=self.annotation, type_decoders=type_decoders, strict=True)
+        try:
+            return decode_json(value=raw, target_type=self.annotation, type_decoders=type_decoders, strict=True)
+        except SerializationException as error:
+            if not isinstance(error.__cause__, msgspec.ValidationError):
+                raise
+            if not (faults := every_fault(raw, self.annotation)):
+                raise
+            raise ValidationException("The request does not meet the rules of the API.", extra=faults) from error
+
+
+def every_fault(raw: bytes, struct: Any) -> list[dict[str, str]]:
+    """Each rule of `struct` that the JSON object `raw` breaks, as `{"key", "message"}`, or `[]` when `raw` is not
+    an object. msgspec stops at the first fault: here each field is converted alone to its own type in the struct
+    (the rules derived from the model), and the object's own faults, a field missing or unknown, are the body's."""
+    if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
+        return []
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return []
+    if not isinstance(body, dict):
+        return []
+    fields = {field.encode_name: field for field in msgspec.structs.fields(struct)}
+    faults = [
+        {"key": "body", "message": f"Object missing required field `{name}`"}
+        for name, field in fields.items()
+        if field.required and name not in body
+    ]
+    if struct.__struct_config__.forbid_unknown_fields:
+        faults += [
+            {"key": "body", "message": f"Object contains unknown field `{name}`"} for name in body if name not in fields
+        ]
+    for name, value in body.items():
+        if (field := fields.get(name)) is None:
+            continue
+        try:
+            msgspec.convert(value, field.type, strict=True)
+        except msgspec.ValidationError as fault:
+            faults.append({"key": name, "message": in_words(str(fault), name)})
+    return faults
 
 
 class WidgetWriteDTO(SQLAlchemyDTO[Widget]):

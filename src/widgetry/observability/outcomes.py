@@ -1,6 +1,6 @@
-"""What happens to each command, counted (metrics) and told (one log line per step, each carrying its `command_id`):
-`command.accepted` in the web process, `command.applied` or `command.failed` where it was applied, and
-`event.published` for each of its events."""
+"""What happens to each command, counted (metrics) and told (log lines, each carrying its `command_id`): its outcome,
+`command.applied` or `command.failed`, at INFO where it was applied, one line per command; the steps at DEBUG,
+`command.accepted` in the web process and `event.published` for each of its events."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _FINISHED_KEY = "widgetry.finished_commands"
 
 def accepted(connections: Connections, record: CommandRecord) -> None:
     Counts.of(connections).accepted(record.type)
-    log.info("command.accepted", logger=LOGGER, command_id=str(record.id), type=record.type, sku=record.sku)
+    log.debug("command.accepted", logger=LOGGER, command_id=str(record.id), type=record.type, sku=record.sku)
 
 
 def observed(connections: Connections) -> Publish:
@@ -42,7 +42,7 @@ def observed(connections: Connections) -> Publish:
             stream_ids = await publish(records)
         counts.published(len(stream_ids))
         for record, stream_id in zip(records, stream_ids, strict=True):
-            log.info(
+            log.debug(
                 "event.published",
                 logger=LOGGER,
                 command_id=str(record.command_id),

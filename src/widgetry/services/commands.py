@@ -15,7 +15,7 @@ from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityErr
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, func, insert, null, select, update
+from sqlalchemy import delete, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
@@ -153,16 +153,8 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue
         behind each other instead of deadlocking. Returns the skus, whose committed events are then to be published.
         """
-        # Only their skus and seqs are read. A retry may move a failed command's seq on meanwhile: a job that read
-        # the old one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
-        rows = await self.session.execute(
-            select(CommandRecord.sku, func.max(CommandRecord.seq))
-            .where(CommandRecord.id.in_(command_ids), CommandRecord.sku.is_not(None))
-            .group_by(CommandRecord.sku)
-        )
-        targets: dict[str, int] = {sku: seq for sku, seq in rows.all() if sku is not None}
+        targets = await self._claim(command_ids)
         if not targets:
-            await self.session.rollback()
             return []
         try:
             await self._apply_pending(targets, careful=False)
@@ -177,6 +169,42 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             await self.session.rollback()
             await self._apply_pending(targets, careful=True)
         return sorted(targets)
+
+    async def _claim(self, command_ids: Sequence[UUID]) -> dict[str, int]:
+        """Marks the unfinished commands among these `running`, and commits, so that they are seen so while they are
+        applied; returns the newest seq of each of their skus, up to which the apply goes.
+
+        One statement both claims the commands and reads their skus and seqs. Rows locked by another transaction are
+        skipped (PostgreSQL): one applying them (a batch that reached them through an earlier command of their sku)
+        or claiming them (the job re-delivered); waiting on it instead could deadlock with an apply that waits on
+        this claim's rows. Those, and commands already finished (a re-run, whose events may still wait to be
+        published), are read without a claim. A retry may move a failed command's seq on meanwhile: a job that read
+        the old one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
+        """
+        claimable = (
+            select(CommandRecord.id)
+            .where(CommandRecord.id.in_(command_ids), CommandRecord.status.in_(UNFINISHED))
+            .with_for_update(skip_locked=True)
+        )
+        result = await self.session.execute(
+            update(CommandRecord)
+            .where(CommandRecord.id.in_(claimable.scalar_subquery()))
+            .values(status=CommandStatus.RUNNING.value)
+            .returning(CommandRecord.id, CommandRecord.sku, CommandRecord.seq),
+            execution_options={"synchronize_session": False},
+        )
+        rows = list(result.tuples().all())
+        if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
+            result = await self.session.execute(
+                select(CommandRecord.id, CommandRecord.sku, CommandRecord.seq).where(CommandRecord.id.in_(unclaimed))
+            )
+            rows += result.tuples().all()
+        await self.session.commit()
+        targets: dict[str, int] = {}
+        for _, sku, seq in rows:
+            if sku is not None:
+                targets[sku] = max(seq, targets.get(sku, 0))
+        return targets
 
     async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> None:
         """Locks the skus' heads, applies their pending commands up to the targets' seqs, and commits."""

@@ -1,0 +1,106 @@
+"""`widgetry` as a newcomer meets it on the embedded defaults: its help, its output, and what it leaves unsaid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from tests.support import API_KEY, AUTH, Process, Server, wait_until
+
+
+def widgetry(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("WIDGETRY_") and name not in ("DATABASE_URL", "REDIS_URL")
+    }
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "widgetry", *args],
+        env=environ | {"COLUMNS": "200", **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_speaks_of_widgetry_not_of_finding_an_app(tmp_path: Path) -> None:
+    shown = widgetry("--help", cwd=tmp_path)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "widgetry: a widget catalogue whose writes are commands." in shown.stdout
+    for command in ("run", "workers", "database", "commands", "events", "keys", "bench"):
+        assert f" {command} " in shown.stdout
+    for litestar in ("app.py", "--app", "LITESTAR_APP", "Litestar CLI"):
+        assert litestar not in shown.stdout
+
+
+def test_commands_that_do_not_migrate_say_nothing_of_migrations(tmp_path: Path) -> None:
+    first = widgetry("keys", "list", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Running upgrade" in first.stderr  # a new SQLite file is migrated, and that is told
+
+    again = widgetry("keys", "list", cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "No stored keys.\n"
+    assert again.stderr == ""
+
+
+def test_json_output_is_one_document_ending_with_a_newline(tmp_path: Path) -> None:
+    created = widgetry("keys", "create", "ci", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+
+    for args in (("keys", "list", "--json"), ("commands", "failed", "--json")):
+        shown = widgetry(*args, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.endswith("]\n"), args
+        assert isinstance(msgspec.json.decode(shown.stdout), list)
+    assert [key["name"] for key in msgspec.json.decode(widgetry("keys", "list", "--json", cwd=tmp_path).stdout)] == [
+        "ci"
+    ]
+
+
+def test_events_tail_follows_the_stream_without_loading_the_application(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY}, tmp_path)
+    # Settings the application refuses to start with: the tail needs only the service's URL.
+    unloadable = {"WIDGETRY_RECOVERY_INTERVAL_SECONDS": "7"}
+    tail = Process(["events", "tail", "--url", server.url], unloadable, tmp_path, "tail")
+    try:
+
+        def following() -> bool:
+            if tail.popen.poll() is not None:
+                raise RuntimeError(f"the tail exited with {tail.popen.returncode}:\n{tail.output}")
+            return "widgetry_sse_subscribers 1.0" in httpx.get(f"{server.url}/metrics").text
+
+        wait_until(following, 30, "the tail to connect")
+        created = httpx.post(
+            f"{server.url}/widgets", json={"sku": "TAIL-1", "name": "Tailed", "price_cents": 5}, headers=AUTH
+        )
+        assert created.status_code == 202, created.text
+        command_id = created.json()["id"]
+        wait_until(lambda: command_id in tail.output, 15, f"the tail to show the event\n{tail.output}")
+    finally:
+        tail.stop()
+        server.stop()
+
+    [line] = [line for line in tail.output.splitlines() if command_id in line]
+    assert "widget.created" in line
+    assert "TAIL-1" in line
+
+
+def test_the_bench_prints_its_report_and_no_line_per_request(tmp_path: Path) -> None:
+    server = Server({"WIDGETRY_API_KEYS": API_KEY}, tmp_path)
+    try:
+        bench = widgetry("bench", "--url", server.url, "--api-key", API_KEY, "--quick", "--no-baselines", cwd=tmp_path)
+    finally:
+        server.stop()
+
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "HTTP Request" not in bench.stdout + bench.stderr
+    assert "accepted" in bench.stdout
