@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
-import anyio
-from advanced_alchemy.extensions.litestar import AlembicCommands, SQLAlchemyInitPlugin
+from advanced_alchemy.extensions.litestar import SQLAlchemyInitPlugin
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -43,9 +42,10 @@ from widgetry.api.widgets import (
     update_widget,
 )
 from widgetry.cli import WidgetryCLIPlugin
-from widgetry.connections import Connections, build_alchemy
+from widgetry.connections import Connections
 from widgetry.dashboard.routes import dashboard_routers, template_config
 from widgetry.dashboard.sessions import SESSION_STORE, session_store
+from widgetry.migrating import upgrade_if_behind
 from widgetry.observability.logs import structlog_plugin
 from widgetry.observability.metrics import Counts, Exposition, flushing, prometheus_config
 from widgetry.observability.tracing import tracing_plugins
@@ -58,7 +58,15 @@ logger = logging.getLogger("widgetry")
 
 MAX_BODY_BYTES = 1024 * 1024
 SCHEMA_ASSETS = "/schema/assets"
-CORS_EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "ETag",
+    "Retry-After",
+    "RateLimit-Policy",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -184,7 +192,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     connections: Connections = app.state.connections
     if settings.uses_sqlite:
-        await anyio.to_thread.run_sync(upgrade_database, settings)
+        await upgrade_if_behind(connections.alchemy, settings)
     if settings.dev_key_generated:
         print(
             f"widgetry: development API key: {settings.effective_api_keys[0]} (kept in {settings.dev_key_path})",
@@ -213,9 +221,3 @@ def freeze_startup_objects() -> None:
     it lives as long as the process, and each full collection would scan it all again, a pause under load."""
     gc.collect()
     gc.freeze()
-
-
-def upgrade_database(settings: Settings) -> None:
-    """Migrates to the newest revision (on SQLite this happens on start), on an engine of its own that the
-    migration environment disposes of: the app's engine belongs to the event loop, migrations run in a thread."""
-    AlembicCommands(sqlalchemy_config=build_alchemy(settings)).upgrade(revision="head")

@@ -16,19 +16,16 @@ from uuid import UUID
 import anyio
 import click
 import msgspec
-from advanced_alchemy.extensions.litestar import AlembicCommands
 from advanced_alchemy.filters import OrderBy
-from alembic.script import ScriptDirectory
 from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
-from sqlalchemy import column, select, table
-from sqlalchemy.exc import OperationalError
 
 from widgetry.bench.command import bench_command
 from widgetry.connections import is_unavailable
 from widgetry.console import events_group
 from widgetry.domain.models import EventRecord, Scope
 from widgetry.domain.problems import PROBLEM_BASE
+from widgetry.migrating import upgrade_if_behind
 from widgetry.observability.logs import uvicorn_log_config
 from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.events import EventService
@@ -450,27 +447,11 @@ def _run_migrated(app: Litestar, work: Callable[[Connections], Awaitable[T]]) ->
     settings: Settings = app.state.settings
 
     async def migrated(connections: Connections) -> T:
-        if settings.uses_sqlite and not await _is_current(connections):
-            from widgetry.app import upgrade_database  # noqa: PLC0415 - the app module imports this one
-
-            await anyio.to_thread.run_sync(upgrade_database, settings)
+        if settings.uses_sqlite:
+            await upgrade_if_behind(connections.alchemy, settings)
         return await work(connections)
 
     return _run(app, migrated)
-
-
-async def _is_current(connections: Connections) -> bool:
-    """Whether the database is at the newest revision, read from Alembic's version table: Alembic's own way (a
-    migration context) logs two lines of its own each time."""
-    alchemy = connections.alchemy
-    newest = ScriptDirectory.from_config(AlembicCommands(sqlalchemy_config=alchemy).config).get_heads()
-    versions = table(alchemy.alembic_config.version_table_name, column("version_num"))
-    try:
-        async with alchemy.get_engine().connect() as connection:
-            applied = (await connection.execute(select(versions.c.version_num))).scalars().all()
-    except OperationalError:  # no version table yet: a new database
-        return False
-    return sorted(applied) == sorted(newest)
 
 
 def _scopes(scopes: Iterable[Scope]) -> str:

@@ -23,11 +23,11 @@ from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 from saq import Queue, Worker
 
-from widgetry.app import upgrade_database
 from widgetry.bench.agent import NOOP_JOB, noop
 from widgetry.bench.channel import Agents, SaqWorkerJob, Stop
 from widgetry.bench.workload import Workload, stamped_values
 from widgetry.connections import build_alchemy
+from widgetry.migrating import upgrade_database
 from widgetry.services.intake import MAX_RETRY_DELAY_S, RETRY_DELAY_S
 from widgetry.services.widgets import WidgetService
 from widgetry.settings import Settings
