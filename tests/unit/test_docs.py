@@ -183,6 +183,12 @@ def test_every_relative_link_in_the_readme_and_docs_leads_to_a_file_and_heading(
     assert broken == []
 
 
+def test_the_readme_links_every_docs_page() -> None:
+    linked = {target.partition("#")[0] for target in MARKDOWN_LINK.findall((ROOT / "README.md").read_text())}
+
+    assert sorted(f"docs/{page.name}" for page in DOCS.glob("*.md") if f"docs/{page.name}" not in linked) == []
+
+
 def test_no_page_or_module_cites_a_document_outside_the_repository() -> None:
     files = [ROOT / "README.md", *DOCS.rglob("*.md"), *(ROOT / "src").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
     citing = [str(path.relative_to(ROOT)) for path in files if re.search(r"\b(API|DESIGN)\.md\b", path.read_text())]

@@ -84,8 +84,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = dict(
               "field and why.", "The request does not meet the rules of the API."),
         _type("idempotency-key-reused", 422, "Idempotency key reused", "An `Idempotency-Key` already used with a "
               "different request.", "This Idempotency-Key was used for a different request (command …)."),
-        _type("too-many-requests", 429, "Too Many Requests", "The client's write rate is over its limit; "
-              "`Retry-After` says when to try again.", "Too many requests: try again in 1 s."),
+        _type("too-many-requests", 429, "Too Many Requests", "The client (its API key, else its address) is over "
+              "one of its budgets: writes, or every other request; `Retry-After` and `RateLimit-Reset` say when to "
+              "try again.", "More than 750 writes per second: retry in 1 s."),
         _type("too-many-streams", 429, "Too many streams", "The client holds as many open event streams on this "
               "process as it may.", "At most 20 open event streams per client."),
         _type("internal", 500, "Internal error", "A command that could not be applied after every retry (on the "
