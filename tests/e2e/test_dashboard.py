@@ -447,6 +447,14 @@ def read_in_page(driver: WebDriver, path: str) -> tuple[int, str]:
     )
 
 
+def search(driver: WebDriver, text: str) -> None:
+    """Lists the widgets that match (the module's server holds many, from other tests)."""
+    box = driver.find_element(By.ID, "widget-search")
+    box.clear()
+    box.send_keys(text)
+    wait_for(driver, lambda d: f"matching “{text}”" in d.find_element(By.ID, "widget-count").text, "the search")
+
+
 def admin_read(server: Server, sku: str) -> dict[str, Any]:
     response = httpx.get(f"{server.url}/admin/widgets/{sku}", headers=ADMIN, timeout=30)
     assert response.status_code == 200, response.text
@@ -456,6 +464,7 @@ def admin_read(server: Server, sku: str) -> dict[str, Any]:
 def test_an_admin_keys_page_shows_internal_notes_and_edits_them(server: Server, browser: WebDriver) -> None:
     write(server, "POST", "/widgets", sku="NOTE-1", name="Noted", price_cents=100, internal_notes=NOTES)
     sign_in(browser, server, ADMIN_KEY)
+    search(browser, "NOTE-1")
     wait_for(browser, lambda d: cell(d, "NOTE-1", "internal_notes") == NOTES, "the notes in the list")
     assert "admin" in browser.find_element(By.CSS_SELECTOR, ".session .key").text
 
@@ -486,6 +495,7 @@ def test_an_admin_keys_page_shows_internal_notes_and_edits_them(server: Server, 
 def test_a_write_keys_page_never_has_internal_notes(server: Server, browser: WebDriver) -> None:
     write(server, "POST", "/widgets", sku="HIDE-1", name="Hidden notes", price_cents=100, internal_notes=NOTES)
     sign_in(browser, server)
+    search(browser, "HIDE-1")
     wait_for(browser, lambda d: cell(d, "HIDE-1", "version") == "1", "the widget's row")
     # A change of the notes alone reaches the page as an event, and the notes do not.
     write(server, "PATCH", "/widgets/HIDE-1", internal_notes=f"{NOTES} again")
@@ -499,7 +509,7 @@ def test_a_write_keys_page_never_has_internal_notes(server: Server, browser: Web
     source = browser.page_source
     assert NOTES not in source and "internal_notes" not in source
     assert not [path for path in fetched(browser) if path.startswith("/ui/admin")]
-    status, body = read_in_page(browser, "/ui/widgets")
+    status, body = read_in_page(browser, "/ui/widgets?search=HIDE-1")
     assert status == 200 and "Hidden notes" in body
     assert NOTES not in body and "internal_notes" not in body
     status, body = read_in_page(browser, "/ui/admin/widgets")
