@@ -421,7 +421,7 @@ async def test_the_pages_admin_reads_answer_only_a_session_whose_key_has_the_adm
     admin_page = await client.get("/")
     admin_list = await client.get("/ui/admin/widgets", params={"search": "from the"})
     admin_one = await client.get("/ui/admin/widgets/UI-1")
-    unchanged = await client.get("/ui/admin/widgets/UI-1", headers={"If-None-Match": admin_one.headers["etag"]})
+    unchanged = await client.get("/ui/admin/widgets/UI-1", headers={"If-None-Match": '"1"'})
 
     assert created.status_code == 200, created.text
     assert_problem(anonymous, 401)
