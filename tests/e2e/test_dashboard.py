@@ -472,6 +472,8 @@ def test_an_admin_keys_page_shows_internal_notes_and_edits_them(server: Server, 
     edit = browser.find_element(By.ID, "edit-form")
     notes = edit.find_element(By.NAME, "internal_notes")
     wait_for(browser, lambda d: notes.is_enabled() and notes.get_attribute("value") == NOTES, "the notes read afresh")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-admin-edit.png"))
     fill(edit, internal_notes="restock in May")
     edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(browser, lambda d: not edit.is_displayed(), "the dialog to close once the edit succeeded")
