@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Selenium) against `widgetry run`: sign in,
 create, edit and import through the page, and see each change arrive from the event stream without a reload; a
 failed command beside its form; a 10,000-row import on a page that keeps answering; long names on a phone and a
-desktop screen; a stream refused and dropped, and the page recovering by itself."""
+desktop screen; a stream refused and dropped, and the page recovering by itself; internal notes shown and edited on
+an admin key's page, and nowhere on a write key's."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support import API_KEY, AUTH, ROOT, WAIT, Server
+from tests.support import ADMIN, ADMIN_KEY, API_KEY, AUTH, ROOT, WAIT, Server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -31,6 +32,17 @@ IMPORT_ROWS = 10_000
 DASH = "\N{EN DASH}"
 RESPONSIVE_S = 1.0
 """The longest the page may take to answer a click, or be busy at once, while it takes an import's events."""
+NOTES = "notes-marker-5c21"
+"""Written into widgets' internal notes, and looked for where the notes must not be."""
+KEYS = {"write": API_KEY, "admin": ADMIN_KEY}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`widgetry run` on the embedded defaults, with a write key and an admin key to sign in with."""
+    live = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_ADMIN_KEYS": ADMIN_KEY}, tmp_path_factory.mktemp("e2e"))
+    yield live
+    live.stop()
 
 
 @pytest.fixture
@@ -70,10 +82,10 @@ def fill(form: WebElement, **values: str) -> None:
         element.send_keys(value)
 
 
-def sign_in(driver: WebDriver, server: Server) -> None:
+def sign_in(driver: WebDriver, server: Server, key: str = API_KEY) -> None:
     driver.get(f"{server.url}/")
     form = driver.find_element(By.CSS_SELECTOR, "form[action='/ui/sign-in']")
-    fill(form, key=API_KEY)
+    fill(form, key=key)
     form.submit()
     wait_for(driver, lambda d: d.find_element(By.ID, "stream-status").text == "live", "the event stream to open")
 
@@ -127,7 +139,7 @@ def test_sign_in_create_edit_and_import_live_from_the_event_stream(
     assert problem.text.startswith("The request does not meet the rules of the API.\nname: "), problem.text
     assert row(browser, "DASH-2") is None
 
-    fill(create, sku="DASH-1", name="Dashboard sprocket", price_cents="1999", internal_notes="from the browser")
+    fill(create, sku="DASH-1", name="Dashboard sprocket", price_cents="1999")
     create.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(browser, lambda d: cell(d, "DASH-1", "name") == "Dashboard sprocket", "the created row")
     assert (cell(browser, "DASH-1", "price"), cell(browser, "DASH-1", "version")) == ("19.99", "1")
@@ -191,7 +203,7 @@ def test_a_command_that_fails_once_applied_keeps_the_input_and_shows_why_beside_
     server: Server, browser: WebDriver
 ) -> None:
     write(server, "POST", "/widgets", sku="KEEP-1", name="Kept", price_cents=100)
-    sign_in(browser, server)
+    sign_in(browser, server, ADMIN_KEY)  # whose page has the notes field too
 
     create = browser.find_element(By.ID, "create-form")
     fill(create, sku="KEEP-1", name="A second one", price_cents="250", internal_notes="typed with care")
@@ -208,7 +220,7 @@ def test_a_command_that_fails_once_applied_keeps_the_input_and_shows_why_beside_
     wait_for(browser, lambda d: cell(d, "KEEP-1", "version") == "1", "the widget's row")
     row(browser, "KEEP-1").find_element(By.CSS_SELECTOR, "[data-edit]").click()
     edit = browser.find_element(By.ID, "edit-form")
-    wait_for(browser, lambda d: edit.is_displayed(), "the edit dialog")
+    wait_for(browser, lambda d: edit.find_element(By.NAME, "internal_notes").is_enabled(), "the dialog's read")
     write(server, "PATCH", "/widgets/KEEP-1", price_cents=150)
     fill(edit, name="My stale rename")
     edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -312,22 +324,23 @@ def long_widget(server: Server) -> str:
     """A widget whose sku is first in sku order and as long as a sku gets, and whose name is 200 characters with no
     space to break at; its sku."""
     sku = "0LONG-" + "S" * 58
-    write(server, "POST", "/widgets", sku=sku, name="N" * 200, price_cents=123456)
+    write(server, "POST", "/widgets", sku=sku, name="N" * 200, price_cents=123456, internal_notes="W" * 300)
     return sku
 
 
 @pytest.mark.parametrize("width", [420, 1440])
+@pytest.mark.parametrize("scope", ["write", "admin"])
 def test_a_two_hundred_character_name_fits_the_page_at_phone_and_desktop_widths(
-    server: Server, browser: WebDriver, long_widget: str, width: int
+    server: Server, browser: WebDriver, long_widget: str, width: int, scope: str
 ) -> None:
     sku = long_widget
     emulate_width(browser, width)
-    sign_in(browser, server)
+    sign_in(browser, server, KEYS[scope])
     assert browser.execute_script("return window.innerWidth") == width, "the page is wider than the screen"
     wait_for(browser, lambda d: row(d, sku) is not None, "the long widget's row")
     browser.execute_script("window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(ARTIFACTS / f"dashboard-{width}.png"))
+    assert browser.save_screenshot(str(ARTIFACTS / f"dashboard-{'admin-' if scope == 'admin' else ''}{width}.png"))
 
     assert browser.execute_script(
         "const root = document.documentElement; return root.scrollWidth <= root.clientWidth"
@@ -341,6 +354,8 @@ def test_a_two_hundred_character_name_fits_the_page_at_phone_and_desktop_widths(
     ), "the table is wider than its card"
     long_row = row(browser, sku)
     shown = ["price", "version"] if width >= 800 else ["price"]
+    if scope == "admin" and width >= 800:
+        shown.append("internal_notes")
     for name_of_cell in shown:
         assert inside_viewport(browser, long_row.find_element(By.CSS_SELECTOR, f'[data-field="{name_of_cell}"]'))
     assert inside_viewport(browser, long_row.find_element(By.CSS_SELECTOR, "[data-edit]"))
@@ -411,3 +426,93 @@ def take_the_stream(client: httpx.Client, held: contextlib.ExitStack) -> bool:
         return True
     response.close()
     return False
+
+
+def fetched(driver: WebDriver) -> list[str]:
+    """The paths of everything the page has fetched since it loaded."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').map((entry) => new URL(entry.name).pathname)"
+    )
+
+
+def read_in_page(driver: WebDriver, path: str) -> tuple[int, str]:
+    """A read made by the page itself (with its session), as its status and body."""
+    return tuple(
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {headers: {Accept: 'application/json'}})"
+            ".then(async (r) => done([r.status, await r.text()]), (e) => done([0, String(e)]));",
+            path,
+        )
+    )
+
+
+def search(driver: WebDriver, text: str) -> None:
+    """Lists the widgets that match (the module's server holds many, from other tests)."""
+    box = driver.find_element(By.ID, "widget-search")
+    box.clear()
+    box.send_keys(text)
+    wait_for(driver, lambda d: f"matching “{text}”" in d.find_element(By.ID, "widget-count").text, "the search")
+
+
+def admin_read(server: Server, sku: str) -> dict[str, Any]:
+    response = httpx.get(f"{server.url}/admin/widgets/{sku}", headers=ADMIN, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_admin_keys_page_shows_internal_notes_and_edits_them(server: Server, browser: WebDriver) -> None:
+    write(server, "POST", "/widgets", sku="NOTE-1", name="Noted", price_cents=100, internal_notes=NOTES)
+    sign_in(browser, server, ADMIN_KEY)
+    search(browser, "NOTE-1")
+    wait_for(browser, lambda d: cell(d, "NOTE-1", "internal_notes") == NOTES, "the notes in the list")
+    assert "admin" in browser.find_element(By.CSS_SELECTOR, ".session .key").text
+
+    row(browser, "NOTE-1").find_element(By.CSS_SELECTOR, "[data-edit]").click()
+    edit = browser.find_element(By.ID, "edit-form")
+    notes = edit.find_element(By.NAME, "internal_notes")
+    wait_for(browser, lambda d: notes.is_enabled() and notes.get_attribute("value") == NOTES, "the notes read afresh")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-admin-edit.png"))
+    fill(edit, internal_notes="restock in May")
+    edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(browser, lambda d: not edit.is_displayed(), "the dialog to close once the edit succeeded")
+    # Events carry no notes: the list shows the edit because the page reads the admin list again.
+    wait_for(browser, lambda d: cell(d, "NOTE-1", "internal_notes") == "restock in May", "the edited notes")
+    assert admin_read(server, "NOTE-1").items() >= {"internal_notes": "restock in May", "version": 2}.items()
+
+    # Changed elsewhere, by a write key: the page follows; then emptied from the page.
+    write(server, "PATCH", "/widgets/NOTE-1", internal_notes="supplier: Acme")
+    wait_for(browser, lambda d: cell(d, "NOTE-1", "internal_notes") == "supplier: Acme", "the notes changed elsewhere")
+    row(browser, "NOTE-1").find_element(By.CSS_SELECTOR, "[data-edit]").click()
+    wait_for(browser, lambda d: notes.get_attribute("value") == "supplier: Acme", "the dialog's notes")
+    notes.clear()
+    edit.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(browser, lambda d: cell(d, "NOTE-1", "version") == "4", "the emptied notes' change")
+    wait_for(browser, lambda d: cell(d, "NOTE-1", "internal_notes") == "", "the notes emptied in the list")
+    assert admin_read(server, "NOTE-1")["internal_notes"] == ""
+    assert "/ui/admin/widgets" in fetched(browser)
+
+
+def test_a_write_keys_page_never_has_internal_notes(server: Server, browser: WebDriver) -> None:
+    write(server, "POST", "/widgets", sku="HIDE-1", name="Hidden notes", price_cents=100, internal_notes=NOTES)
+    sign_in(browser, server)
+    search(browser, "HIDE-1")
+    wait_for(browser, lambda d: cell(d, "HIDE-1", "version") == "1", "the widget's row")
+    # A change of the notes alone reaches the page as an event, and the notes do not.
+    write(server, "PATCH", "/widgets/HIDE-1", internal_notes=f"{NOTES} again")
+    wait_for(browser, lambda d: cell(d, "HIDE-1", "version") == "2", "the change's event")
+    row(browser, "HIDE-1").find_element(By.CSS_SELECTOR, "[data-edit]").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "edit-form").is_displayed(), "the edit dialog")
+
+    assert "write" in browser.find_element(By.CSS_SELECTOR, ".session .key").text
+    assert browser.find_elements(By.CSS_SELECTOR, '[name="internal_notes"], [data-field="internal_notes"]') == []
+    assert "internal notes" not in browser.find_element(By.TAG_NAME, "body").text.lower()
+    source = browser.page_source
+    assert NOTES not in source and "internal_notes" not in source
+    assert not [path for path in fetched(browser) if path.startswith("/ui/admin")]
+    status, body = read_in_page(browser, "/ui/widgets?search=HIDE-1")
+    assert status == 200 and "Hidden notes" in body
+    assert NOTES not in body and "internal_notes" not in body
+    status, body = read_in_page(browser, "/ui/admin/widgets")
+    assert status == 403 and NOTES not in body

@@ -1,7 +1,8 @@
 """The dashboard's sign-in: an API key once, then a session cookie that the write handlers registered under `/ui`
-accept with the session's token in a header, while the API's own routes still take API keys only. A session is
-stored at sign-in only, ends after its lifetime however busy it is, and its pages tell the browser to run only
-their own scripts."""
+accept with the session's token in a header, while the API's own routes still take API keys only. A session has its
+key's scopes: the admin reads under `/ui/admin` answer only a session whose key has `admin`. A session is stored at
+sign-in only, ends after its lifetime however busy it is, and its pages tell the browser to run only their own
+scripts."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from tests.support import API_KEY, AUTH, eventually, serve
+from tests.support import ADMIN_KEY, API_KEY, AUTH, WAIT, eventually, serve
 from tests.unit.state import CommandRecord, count, queued_jobs
 from tests.unit.test_bad_input import assert_problem
 from tests.unit.test_keys import issue, revoke
@@ -27,6 +28,7 @@ from widgetry.dashboard.sessions import CSRF_HEADER, SESSION_COOKIE
 from widgetry.settings import Settings
 
 WIDGET = {"sku": "UI-1", "name": "From the page", "price_cents": 1999}
+NOTES = "dashboard-notes-marker-7f3a"
 MADE_UP_SESSION_IDS = ["0" * 64, "f" * 60_000, "null", "not-an-id"]
 
 
@@ -404,3 +406,35 @@ async def test_dashboard_pages_hold_no_script_the_policy_would_block(client: htt
         assert found.inline_code == ""
         assert all((script.get("src") or "").startswith("/ui/static/") for script in found.scripts)
     assert found.scripts  # the dashboard has its scripts, from files
+
+
+async def test_the_pages_admin_reads_answer_only_a_session_whose_key_has_the_admin_scope(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post("/widgets", json=WIDGET | {"internal_notes": NOTES}, headers=AUTH | WAIT)
+    anonymous = await client.get("/ui/admin/widgets")
+    await signed_in(client)
+    writer_page = await client.get("/")
+    writer_reads = [await client.get(path) for path in ("/ui/admin/widgets", "/ui/admin/widgets/UI-1")]
+    public_read = await client.get("/ui/widgets")
+    await signed_in(client, ADMIN_KEY)
+    admin_page = await client.get("/")
+    admin_list = await client.get("/ui/admin/widgets", params={"search": "from the"})
+    admin_one = await client.get("/ui/admin/widgets/UI-1")
+    unchanged = await client.get("/ui/admin/widgets/UI-1", headers={"If-None-Match": '"1"'})
+
+    assert created.status_code == 200, created.text
+    assert_problem(anonymous, 401)
+    for response in writer_reads:
+        problem = assert_problem(response, 403)
+        assert problem["type"].endswith("/problems/forbidden") and "'admin' scope" in problem["detail"]
+    assert public_read.status_code == 200 and public_read.json()["total"] == 1
+    assert NOTES not in public_read.text and "internal_notes" not in public_read.text
+    # A write key's page has no place for notes and no address to read them from.
+    assert "internal_notes" not in writer_page.text and "/ui/admin" not in writer_page.text
+    assert 'name="internal_notes"' in admin_page.text and 'content="/ui/admin/widgets"' in admin_page.text
+    assert admin_list.status_code == 200, admin_list.text
+    assert [(item["sku"], item["internal_notes"]) for item in admin_list.json()["items"]] == [("UI-1", NOTES)]
+    assert admin_one.status_code == 200 and admin_one.json()["internal_notes"] == NOTES
+    assert admin_one.headers["etag"] == '"1"' and admin_one.headers["cache-control"] == "no-store"
+    assert (unchanged.status_code, unchanged.content) == (304, b"")

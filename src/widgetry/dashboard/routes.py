@@ -1,8 +1,9 @@
 """The dashboard's page, its sign-in and sign-out, and the API's handlers registered again under `/ui`.
 
 The API router signs writes in with API keys; here the same handler objects are registered under a router whose
-`opt` names the session scheme, so the page's forms run exactly the code a `curl` does. The page renders its live
-parts in the browser from the JSON reads and the event stream (static/dashboard.js), and sends its forms with htmx.
+`opt` names the session scheme, so the page's forms run exactly the code a `curl` does; the admin reads are registered
+again too, under `/ui/admin`, for a session whose key has the `admin` scope. The page renders its live parts in the
+browser from the JSON reads and the event stream (static/dashboard.js), and sends its forms with htmx.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
+from widgetry.api.admin import WidgetAdminRead
 from widgetry.api.commands import get_command
 from widgetry.api.events import STILL_SIGNED_IN, stream_events
 from widgetry.api.limits import RATE_LIMIT_EXEMPT
 from widgetry.api.schemas import WidgetRead
-from widgetry.api.security import AUTHENTICATE
-from widgetry.api.widgets import create_widget, delete_widget, import_widgets, list_widgets, update_widget
+from widgetry.api.security import AUTHENTICATE, admin_guard
+from widgetry.api.widgets import (
+    create_widget,
+    delete_widget,
+    get_widget,
+    import_widgets,
+    list_widgets,
+    update_widget,
+)
 from widgetry.dashboard.headers import SecurityHeaders
 from widgetry.dashboard.sessions import (
     CLIENT,
@@ -40,6 +49,7 @@ from widgetry.dashboard.sessions import (
     signed_in,
     start_session,
 )
+from widgetry.domain.models import Scope
 from widgetry.settings import Settings
 
 HERE = Path(__file__).parent
@@ -65,6 +75,9 @@ async def dashboard(request: Request[Any, Any, Any]) -> Template:
             "csrf_token": csrf_token(request),
             "csrf_header": CSRF_HEADER,
             "client": client.fingerprint[:12],
+            # The page asks for internal fields, and has a place for them, only where its reads would be answered.
+            "admin": Scope.ADMIN in client.scopes,
+            "scopes": ", ".join(scope for scope in Scope if scope in client.scopes),
             "version": version("widgetry"),
         },
     )
@@ -125,6 +138,14 @@ def dashboard_routers(settings: Settings) -> list[Router]:
                         update_widget,
                         delete_widget,
                         import_widgets,
+                        # The admin view, as `/admin` has it, read with the session: a session whose key lacks the
+                        # scope is refused here as that key is there (403).
+                        Router(
+                            "/admin",
+                            guards=[admin_guard],
+                            return_dto=WidgetAdminRead,
+                            route_handlers=[list_widgets, get_widget],
+                        ),
                     ],
                 ),
             ],

@@ -2,11 +2,18 @@
 // import's progress, all kept from the JSON reads and the event stream. Forms are sent by htmx through the
 // `json-command` extension below. Plain browser JavaScript: no build step, nothing inline (the page's policy
 // allows only its own files).
+//
+// A session whose key has the `admin` scope gets a page with a place for widgets' internal notes, and the address of
+// the admin reads (`/ui/admin/widgets`); it reads the list from there. Events never carry the notes: a row changed by
+// an event keeps the notes last read until the page is read again (at most a second later), and the edit dialog
+// reads the widget afresh when it opens. Any other session reads the public list and never asks for the notes.
 "use strict";
 
 (() => {
   const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
   const csrfHeader = document.querySelector('meta[name="csrf-header"]').content;
+  const adminRead = document.querySelector('meta[name="admin-read"]')?.content;
+  const WIDGETS_READ = adminRead || "/ui/widgets";
   const STREAM_RESET = "stream.reset";
   const EVENT_TYPES = [
     "widget.created", "widget.updated", "widget.deleted",
@@ -70,6 +77,12 @@
     if (onScreen.has(element) && !document.hidden) element.animate(FLASH, FLASH_TIMING);
   }
 
+  // A widget from an event, with the notes last read for it: events leave them out.
+  function withKnownNotes(widget, known) {
+    if (!adminRead || !widget || "internal_notes" in widget) return widget;
+    return { ...widget, internal_notes: known?.internal_notes ?? "" };
+  }
+
   // ---- the widget list: one page of the API's list, kept current by the events --------------------------------
   const table = {
     body: $("#widgets tbody"),
@@ -86,9 +99,9 @@
 
     // Applies an event to the page's state; `draw` shows it on the next frame.
     apply(event) {
-      const widget = event.type === "widget.deleted" ? null : event.data;
-      this.touched?.set(event.sku, widget);
       const entry = this.shown.get(event.sku);
+      const widget = event.type === "widget.deleted" ? null : withKnownNotes(event.data, entry?.widget);
+      this.touched?.set(event.sku, widget);
       if (!widget) {
         if (entry) { visibility.unobserve(entry.tr); entry.tr.remove(); this.shown.delete(event.sku); }
         this.invalidate();
@@ -96,8 +109,11 @@
       }
       if (entry && entry.widget.version < widget.version) { entry.widget = widget; this.redraw.add(event.sku); }
       // A new widget, or a change that can move one into or out of the page (searched, or sorted by a field that
-      // changes), needs the page read again: the server knows where it belongs.
-      if (event.type === "widget.created" || this.view.search || this.view.orderBy !== "sku") this.invalidate();
+      // changes), needs the page read again: the server knows where it belongs. So does any change to a page that
+      // shows notes, which may be what changed.
+      if (event.type === "widget.created" || this.view.search || this.view.orderBy !== "sku" || adminRead) {
+        this.invalidate();
+      }
     },
 
     draw() {
@@ -117,6 +133,8 @@
       field(tr, "price").title = `${widget.price_cents} cents`;
       field(tr, "version").textContent = widget.version;
       field(tr, "updated").textContent = stamp(widget.updated_at);
+      const notes = field(tr, "internal_notes");
+      if (notes) { notes.textContent = widget.internal_notes; notes.title = widget.internal_notes; }
     },
 
     // Reads the page again soon, at most once per REFRESH_INTERVAL_MS however many events ask for it.
@@ -135,7 +153,7 @@
       const params = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset, order_by: view.orderBy, sort: view.sort });
       if (view.search) params.set("search", view.search);
       try {
-        const response = await fetch(`/ui/widgets?${params}`, { headers: { Accept: "application/json" } });
+        const response = await fetch(`${WIDGETS_READ}?${params}`, { headers: { Accept: "application/json" } });
         const text = await response.text();
         if (!response.ok) throw new Error(describe(parse(text), response.status));
         if (JSON.stringify(view) === JSON.stringify(this.view)) this.render(parse(text), changedByEvents);
@@ -162,7 +180,7 @@
         if (this.touched.has(widget.sku)) {
           const seen = this.touched.get(widget.sku);
           if (seen === null) continue;
-          if (seen.version > widget.version) widget = seen;
+          if (seen.version > widget.version) widget = withKnownNotes(seen, widget);
         }
         let entry = this.shown.get(widget.sku);
         if (!entry) {
@@ -171,7 +189,10 @@
           visibility.observe(entry.tr);
           if (changedByEvents) flashWhenSeen.add(entry.tr);
         }
-        if (entry.widget?.version !== widget.version) this.fill(entry.tr, widget);
+        const previous = entry.widget;
+        if (previous?.version !== widget.version || previous?.internal_notes !== widget.internal_notes) {
+          this.fill(entry.tr, widget);
+        }
         entry.widget = widget;
         shown.set(widget.sku, entry);
       }
@@ -576,7 +597,8 @@
       if (file) return file;
       const body = {};
       for (const [name, value] of parameters.entries()) {
-        if (value === "") continue; // an optional field left empty: absent, not ""
+        // An optional field left empty: absent, not "", unless emptying it is the change (notes cleared).
+        if (value === "" && !$(`[name="${name}"]`, form).hasAttribute("data-send-empty")) continue;
         body[name] = $(`[name="${name}"]`, form).type === "number" ? Number(value) : value;
       }
       return JSON.stringify(body);
@@ -616,20 +638,59 @@
   // ---- the edit dialog --------------------------------------------------------------------------------------
   const dialog = $("#edit-dialog");
   const editForm = $("#edit-form");
+  const editNotes = editForm.elements.internal_notes;
+  let opening = 0; // which opening of the dialog a read of the widget answers
+
+  function showInDialog(widget) {
+    editForm.dataset.version = widget.version;
+    $("#edit-version").textContent = widget.version;
+    editForm.elements.name.value = widget.name;
+    editForm.elements.price_cents.value = widget.price_cents;
+  }
+
+  // The notes are read when the dialog opens, as they are now (the list's may be a second old). Until they arrive
+  // the field is disabled, so a save sent before then leaves them as they are.
+  async function readNotes(sku) {
+    const opened = ++opening;
+    const before = snapshot(editForm);
+    editNotes.disabled = true;
+    editNotes.placeholder = "reading…";
+    let widget = null;
+    let failure = null;
+    try {
+      const response = await fetch(`${adminRead}/${encodeURIComponent(sku)}`, { headers: { Accept: "application/json" } });
+      const text = await response.text();
+      if (response.ok) widget = parse(text);
+      else failure = describe(parse(text), response.status);
+    } catch {
+      failure = "The server did not answer.";
+    }
+    if (opened !== opening || !dialog.open) return;
+    if (!widget) {
+      editNotes.placeholder = "";
+      forms.say(editForm, `Could not read the internal notes: ${failure}`);
+      return;
+    }
+    // Untouched since it opened: the dialog shows the widget as read now, at its current version. Typed into: the
+    // input stays, at the version it was typed against (a save after a change made meanwhile is a conflict).
+    if (snapshot(editForm) === before) showInDialog(widget);
+    editNotes.value = widget.internal_notes;
+    editNotes.placeholder = "";
+    editNotes.disabled = false;
+  }
+
   table.body.addEventListener("click", (evt) => {
     const button = evt.target.closest("[data-edit]");
     if (!button) return;
     const { widget } = table.shown.get(button.closest("tr").dataset.sku);
     editForm.reset();
     editForm.dataset.sku = widget.sku;
-    editForm.dataset.version = widget.version;
     $("#edit-sku").textContent = widget.sku;
-    $("#edit-version").textContent = widget.version;
-    editForm.elements.name.value = widget.name;
-    editForm.elements.price_cents.value = widget.price_cents;
+    showInDialog(widget);
     forms.forget(editForm);
     forms.say(editForm, "");
     dialog.showModal();
+    if (editNotes) readNotes(widget.sku);
   });
   $("[data-close]", dialog).addEventListener("click", () => dialog.close());
 
