@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.connection import ASGIConnection
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
@@ -32,7 +33,10 @@ CursorQuery = Annotated[
     str | None, QueryParameter(name="last_event_id", description="Resume after this event id (as `Last-Event-ID`).")
 ]
 CursorHeader = Annotated[str | None, HeaderParameter(name="Last-Event-ID", description="Resume after this event id.")]
-EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+EVENT_STREAM_HEADERS = {"X-Accel-Buffering": "no"}
+STREAM_CACHE_CONTROL = CacheControlHeader(no_cache=True)
+"""Set on the handlers, not in the response's headers: a handler's own `cache_control` replaces the one its router
+gives the reads, where a header of the response's would be sent beside it (`no-cache, no-cache`)."""
 STILL_SIGNED_IN = "still_signed_in"
 """A route `opt` key naming a check `(connection) -> bool` that an open stream runs again and again, ending when it
 says no: the dashboard's session check. Where reads need a key (`protect_reads`), the stream checks its key."""
@@ -43,7 +47,13 @@ at most this often when that is 0."""
 StillSignedIn = Callable[[ASGIConnection], Awaitable[bool]]
 
 
-@get("/events", media_type="text/event-stream", middleware=[StreamLimit()], responses=EVENT_STREAM_RESPONSES)
+@get(
+    "/events",
+    media_type="text/event-stream",
+    middleware=[StreamLimit()],
+    responses=EVENT_STREAM_RESPONSES,
+    cache_control=STREAM_CACHE_CONTROL,
+)
 async def stream_events(
     request: Request[Any, Any, Any],
     hub: NamedDependency[EventHub],
@@ -61,6 +71,7 @@ async def stream_events(
     media_type="text/event-stream",
     middleware=[StreamLimit()],
     responses=EVENT_STREAM_RESPONSES,
+    cache_control=STREAM_CACHE_CONTROL,
 )
 async def stream_widget_events(
     request: Request[Any, Any, Any],
