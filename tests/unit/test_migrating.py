@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support import running
+from tests.support import API_KEY, running
 from widgetry.app import create_app
 from widgetry.settings import Settings
 
@@ -35,12 +36,14 @@ def alembic_lines() -> Iterator[list[str]]:
 
 
 async def test_a_start_migrates_a_new_database_and_says_nothing_of_one_already_current(
-    embedded_settings: Settings, alembic_lines: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alembic_lines: list[str]
 ) -> None:
-    async with running(create_app(embedded_settings)):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(api_keys=(API_KEY,))
+    async with running(create_app(settings)):
         pass
     first_start = list(alembic_lines)
-    async with running(create_app(embedded_settings)):
+    async with running(create_app(settings)):
         pass
 
     assert any(line.startswith("Running upgrade") for line in first_start), first_start
