@@ -40,6 +40,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
+def run_cli(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """One `widgetry` command to its end, in an environment with none of the caller's widgetry settings: only
+    `env`'s. A wide terminal, so tables are not wrapped."""
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("WIDGETRY_") and name not in ("DATABASE_URL", "REDIS_URL")
+    }
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "widgetry", *args],
+        env=environ | {"COLUMNS": "240", **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 class Process:
     """A `widgetry` command running in a subprocess, its output in a log file."""
 

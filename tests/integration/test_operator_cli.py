@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import API_KEY, Process, Server, free_port, wait_until
+from tests.support import API_KEY, Process, Server, free_port, run_cli, wait_until
 from widgetry.client import WidgetryClient
 from widgetry.services.keys import KEY_PREFIX, digest
 
@@ -24,22 +21,6 @@ TTL_S = 1
 @pytest.fixture
 def env(real_env: dict[str, str]) -> dict[str, str]:
     return real_env | {"WIDGETRY_API_KEY_CACHE_SECONDS": str(TTL_S)}
-
-
-def widgetry(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("WIDGETRY_") and name not in ("DATABASE_URL", "REDIS_URL")
-    }
-    return subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "widgetry", *args],
-        env=environ | {"COLUMNS": "240", **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def serve_on(port: int, env: dict[str, str], cwd: Path, name: str) -> Process:
@@ -143,12 +124,12 @@ def test_a_created_key_writes_is_listed_without_itself_and_once_revoked_is_refus
     name = f"ops-{uuid.uuid4().hex[:8]}"
     server = Server(env, tmp_path)
     try:
-        created = widgetry("keys", "create", name, env=env, cwd=tmp_path)
+        created = run_cli("keys", "create", name, env=env, cwd=tmp_path)
         key = created.stdout.strip().splitlines()[-1]
         accepted = write(server.url, key, "KEY-1")
-        table = widgetry("keys", "list", env=env, cwd=tmp_path)
-        listed = widgetry("keys", "list", "--json", env=env, cwd=tmp_path)
-        revoked = widgetry("keys", "revoke", name, env=env, cwd=tmp_path)
+        table = run_cli("keys", "list", env=env, cwd=tmp_path)
+        listed = run_cli("keys", "list", "--json", env=env, cwd=tmp_path)
+        revoked = run_cli("keys", "revoke", name, env=env, cwd=tmp_path)
         attempts = iter(range(1000))
         wait_until(
             lambda: write(server.url, key, f"KEY-R{next(attempts)}").status_code == 401,

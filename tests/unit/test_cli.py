@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import msgspec
 
-from tests.support import API_KEY, AUTH, Process, Server, wait_until
-
-
-def widgetry(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("WIDGETRY_") and name not in ("DATABASE_URL", "REDIS_URL")
-    }
-    return subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "widgetry", *args],
-        env=environ | {"COLUMNS": "200", **(env or {})},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support import API_KEY, AUTH, Process, Server, run_cli, wait_until
 
 
 def test_help_speaks_of_widgetry_not_of_finding_an_app(tmp_path: Path) -> None:
-    shown = widgetry("--help", cwd=tmp_path)
+    shown = run_cli("--help", cwd=tmp_path)
 
     assert shown.returncode == 0, shown.stderr
     assert "widgetry: a widget catalogue whose writes are commands." in shown.stdout
@@ -41,11 +22,11 @@ def test_help_speaks_of_widgetry_not_of_finding_an_app(tmp_path: Path) -> None:
 
 
 def test_commands_that_do_not_migrate_say_nothing_of_migrations(tmp_path: Path) -> None:
-    first = widgetry("keys", "list", cwd=tmp_path)
+    first = run_cli("keys", "list", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "Running upgrade" in first.stderr  # a new SQLite file is migrated, and that is told
 
-    again = widgetry("keys", "list", cwd=tmp_path)
+    again = run_cli("keys", "list", cwd=tmp_path)
 
     assert again.returncode == 0, again.stderr
     assert again.stdout == "No stored keys.\n"
@@ -53,15 +34,15 @@ def test_commands_that_do_not_migrate_say_nothing_of_migrations(tmp_path: Path) 
 
 
 def test_json_output_is_one_document_ending_with_a_newline(tmp_path: Path) -> None:
-    created = widgetry("keys", "create", "ci", cwd=tmp_path)
+    created = run_cli("keys", "create", "ci", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
 
     for args in (("keys", "list", "--json"), ("commands", "failed", "--json")):
-        shown = widgetry(*args, cwd=tmp_path)
+        shown = run_cli(*args, cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.endswith("]\n"), args
         assert isinstance(msgspec.json.decode(shown.stdout), list)
-    assert [key["name"] for key in msgspec.json.decode(widgetry("keys", "list", "--json", cwd=tmp_path).stdout)] == [
+    assert [key["name"] for key in msgspec.json.decode(run_cli("keys", "list", "--json", cwd=tmp_path).stdout)] == [
         "ci"
     ]
 
@@ -97,7 +78,7 @@ def test_events_tail_follows_the_stream_without_loading_the_application(tmp_path
 def test_the_bench_prints_its_report_and_no_line_per_request(tmp_path: Path) -> None:
     server = Server({"WIDGETRY_API_KEYS": API_KEY}, tmp_path)
     try:
-        bench = widgetry("bench", "--url", server.url, "--api-key", API_KEY, "--quick", "--no-baselines", cwd=tmp_path)
+        bench = run_cli("bench", "--url", server.url, "--api-key", API_KEY, "--quick", "--no-baselines", cwd=tmp_path)
     finally:
         server.stop()
 
