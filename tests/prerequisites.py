@@ -11,7 +11,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -22,7 +21,6 @@ from tests.faults.servers import PG_BINDIR
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-TESTS = Path(__file__).parent
 CONNECT_TIMEOUT_S = 3
 
 
@@ -32,7 +30,8 @@ class Prerequisite:
     remedy: str
     missing: Callable[[], str | None]
     """What is wrong, or `None` when it is there."""
-    needed_by: Callable[[pytest.Item], bool]
+    needed_by: Callable[[str], bool]
+    """Whether the test of this node id needs it."""
 
 
 def _postgres_superuser() -> str | None:
@@ -74,13 +73,10 @@ def _binaries(paths: Iterable[str]) -> Callable[[], str | None]:
     return check
 
 
-def _under(*parts: str) -> Callable[[pytest.Item], bool]:
-    roots = [TESTS.joinpath(*part.split("/")) for part in parts]
-    return lambda item: any(Path(item.path).is_relative_to(root) for root in roots)
-
-
-def _marked(*markers: str) -> Callable[[pytest.Item], bool]:
-    return lambda item: any(item.get_closest_marker(marker) for marker in markers)
+def _under(*parts: str) -> Callable[[str], bool]:
+    """Tests by where they are: a node id (`tests/faults/test_x.py::test_y`) is all an xdist controller is told."""
+    prefixes = tuple(f"tests/{part}" for part in parts)
+    return lambda node_id: node_id.startswith(prefixes)
 
 
 PREREQUISITES = (
@@ -90,19 +86,19 @@ PREREQUISITES = (
         "with Debian's server: pg_ctlcluster --skip-systemctl-redirect <version> main start, and trust auth for "
         "127.0.0.1 in pg_hba.conf",
         _postgres_superuser,
-        _marked("integration", "faults"),
+        _under("integration/", "faults/"),
     ),
     Prerequisite(
         "Redis",
         "start redis-server (.ci/run does), or point WIDGETRY_TEST_REDIS_URL at one",
         _redis,
-        _marked("integration", "faults"),
+        _under("integration/", "faults/"),
     ),
     Prerequisite(
         "PostgreSQL's initdb and pg_ctl, and redis-server (the fault suite runs servers of its own)",
         "apt-get install postgresql redis-server, or set WIDGETRY_TEST_PG_BINDIR to the directory of initdb",
         _binaries([f"{PG_BINDIR}/initdb", f"{PG_BINDIR}/pg_ctl", "redis-server"]),
-        _under("faults"),
+        _under("faults/"),
     ),
     Prerequisite(
         "Chromium and chromedriver (the dashboard's browser test)",
@@ -113,11 +109,12 @@ PREREQUISITES = (
 )
 
 
-def check(items: list[pytest.Item], report: Callable[[str], None]) -> None:
+def check(node_ids: Iterable[str], report: Callable[[str], None]) -> None:
     """Reports each prerequisite the selected tests need, and stops the run before any test if one is missing."""
+    node_ids = list(node_ids)
     problems = []
     for prerequisite in PREREQUISITES:
-        users = sum(1 for item in items if prerequisite.needed_by(item))
+        users = sum(1 for node_id in node_ids if prerequisite.needed_by(node_id))
         if not users:
             continue
         missing = prerequisite.missing()

@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shlex
 
-import asyncpg
-import pytest
 import yaml
 
-from tests.backends import ADMIN_URL
 from tests.support import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -55,19 +51,6 @@ def test_one_image_is_built_once_and_run_by_every_widgetry_service() -> None:
     builders = [name for name in SERVICES if "build" in SERVICES[name]]
     assert len(images) == 1
     assert builders == ["migrate"]
-
-
-@pytest.mark.integration
-def test_postgres_is_the_major_version_the_tests_run_against() -> None:
-    async def server_major() -> int:
-        connection = await asyncpg.connect(ADMIN_URL)
-        try:
-            return connection.get_server_version().major
-        finally:
-            await connection.close()
-
-    image_major = int(re.fullmatch(r"postgres:(\d+)(\.\d+)*(-\w+)?", SERVICES["postgres"]["image"]).group(1))
-    assert image_major == asyncio.run(server_major())
 
 
 def test_there_is_no_default_key_and_the_api_is_published_on_loopback_unless_asked() -> None:

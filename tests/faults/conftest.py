@@ -18,20 +18,13 @@ from typing import Any
 import pytest
 
 from tests.backends import app, database_url, empty_database, real_settings, redis_prefix
-from tests.faults.harness import SUMMARIES, FaultRun
+from tests.faults.harness import FaultRun
 from tests.faults.servers import PostgresServer, RedisServer
 from tests.support import ROOT
 
 __all__ = ["app", "database_url", "empty_database", "real_settings", "redis_prefix"]
 
 TEMPLATE = "widgetry_template"
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if SUMMARIES:
-        terminalreporter.section("fault suite summary")
-        for line in SUMMARIES:
-            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -24,14 +24,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.integration.test_processes import compose_command
+from tests.summary import report
 from tests.support import API_KEY, Process, Server, eventually
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
 from widgetry.settings import Settings
 from workers.jobs import APPLY_JOBS
 
-SUMMARIES: list[str] = []
-"""Every summary line of the run, repeated at its end (`conftest.pytest_terminal_summary`): pytest hides what a
-passing test prints."""
 RETRYABLE_STATUS = {502, 503, 504}
 SUBMIT_DEADLINE_S = 120
 CLIENT_BACKOFF_S = 0.2
@@ -343,12 +341,6 @@ class Probe:
     async def _scalar(self, statement: Any) -> int:
         async with self._engine.connect() as connection:
             return int(await connection.scalar(statement) or 0)
-
-
-def report(line: str) -> None:
-    """Prints a test's summary line, and keeps it for the end of the run."""
-    print(line)
-    SUMMARIES.append(line)
 
 
 class FaultRun:

@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from litestar import Litestar
 
-from tests.faults.harness import report
+from tests.summary import report
 from tests.support import AUTH, running
 from tests.unit.state import CommandRecord, count, queued_jobs
 from widgetry.app import create_app

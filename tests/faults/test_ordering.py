@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.faults.harness import FaultRun, assert_exactly_once, report, widget_writes
+from tests.faults.harness import FaultRun, assert_exactly_once, widget_writes
+from tests.summary import report
 
 SKUS = 50
 PATCHES = 40

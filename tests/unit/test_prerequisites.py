@@ -12,7 +12,7 @@ from tests.support import ROOT, free_port
 def test_a_missing_server_is_named_with_its_remedy_before_any_test_runs() -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_compose.py", "-m", "integration"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/integration/test_compose_postgres.py"],
         cwd=ROOT,
         env={**os.environ, "WIDGETRY_TEST_REDIS_URL": dead_redis},
         capture_output=True,
