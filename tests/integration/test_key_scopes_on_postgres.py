@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from tests.backends import ADMIN_URL
-from tests.integration.test_operator_cli import widgetry
-from tests.support import AUTH, Server
+from tests.support import AUTH, Server, run_cli
 from tests.unit.test_keys import client_of_a_key_made_before_scopes
 from widgetry.api.security import Client
 from widgetry.domain.models import Scope
@@ -42,7 +41,7 @@ async def test_a_key_made_before_scopes_keeps_writing_and_nothing_more(blank_dat
 
 def test_keys_made_with_scopes_do_what_their_scopes_allow(real_env: dict[str, str], tmp_path: Path) -> None:
     name = f"operator-{uuid.uuid4().hex[:8]}"
-    created = widgetry("keys", "create", name, "--scope", "admin", "--scope", "write", env=real_env, cwd=tmp_path)
+    created = run_cli("keys", "create", name, "--scope", "admin", "--scope", "write", env=real_env, cwd=tmp_path)
     key = created.stdout.strip().splitlines()[-1]
     server = Server(real_env, tmp_path)
     try:
@@ -53,7 +52,7 @@ def test_keys_made_with_scopes_do_what_their_scopes_allow(real_env: dict[str, st
         queues = httpx.get(f"{server.url}/saq/api/queues", headers={"X-API-Key": key})
     finally:
         server.stop()
-    listed = widgetry("keys", "list", env=real_env, cwd=tmp_path)
+    listed = run_cli("keys", "list", env=real_env, cwd=tmp_path)
 
     assert created.returncode == 0, created.stderr
     assert written.status_code == 200, written.text
