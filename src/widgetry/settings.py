@@ -123,10 +123,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        if env.get("WIDGETRY_RATE_LIMIT"):
-            raise ValueError(
-                "WIDGETRY_RATE_LIMIT is replaced by WIDGETRY_RATE_LIMIT_WRITES and WIDGETRY_RATE_LIMIT_READS"
-            )
+        if single := env.get("WIDGETRY_RATE_LIMIT", "").strip():
+            # The former single budget: `off` still means no limit (deployments and drivers set it), a count is
+            # refused, since one budget over every route is not what either of the two budgets counts.
+            if single != RATE_LIMIT_OFF:
+                raise ValueError(
+                    "WIDGETRY_RATE_LIMIT is replaced by WIDGETRY_RATE_LIMIT_WRITES and WIDGETRY_RATE_LIMIT_READS"
+                )
+            env = {"WIDGETRY_RATE_LIMIT_WRITES": RATE_LIMIT_OFF, "WIDGETRY_RATE_LIMIT_READS": RATE_LIMIT_OFF, **env}
         values: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
             raw = env.get(_ENV_NAMES.get(field.name, f"WIDGETRY_{field.name.upper()}"))

@@ -362,6 +362,8 @@ def test_a_malformed_limit_or_proxy_stops_the_start(variable: dict[str, str]) ->
         Settings.from_env(variable)
 
 
-def test_the_replaced_single_rate_limit_setting_stops_the_start() -> None:
+def test_the_replaced_single_rate_limit_setting_stops_the_start_unless_it_turns_limits_off() -> None:
     with pytest.raises(ValueError, match="WIDGETRY_RATE_LIMIT_WRITES and WIDGETRY_RATE_LIMIT_READS"):
-        Settings.from_env({"WIDGETRY_RATE_LIMIT": "off"})
+        Settings.from_env({"WIDGETRY_RATE_LIMIT": "1200/minute"})
+    settings = Settings.from_env({"WIDGETRY_RATE_LIMIT": "off"})
+    assert (settings.rate_limit_writes, settings.rate_limit_reads) == ("off", "off")
