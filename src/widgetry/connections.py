@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from widgetry.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_S = 30
+PING_AFTER_IDLE_S = 2.0
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # ConnectionRefusedError, ConnectionResetError, and the built-in TimeoutError
@@ -80,14 +83,14 @@ def build_redis(settings: Settings) -> Redis:
 
 def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:
     url = settings.sqlalchemy_url
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        engine_options = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    else:
-        engine_options |= {"pool_size": 10, "max_overflow": 20}
-    engine = create_async_engine(url, **engine_options)
-    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        # LIFO: the connections in use stay few and warm, and the ones left idle are those `_ping_if_idle` checks.
+        engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)
+        event.listen(engine.sync_engine.pool, "checkin", _note_idle)
+        event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
     return SQLAlchemyAsyncConfig(
         engine_instance=engine,
         session_config=AsyncSessionConfig(expire_on_commit=False),
@@ -100,6 +103,25 @@ def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:
             render_as_batch=True,
         ),
     )
+
+
+def _note_idle(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pings a pooled connection before use only when it has sat idle for a while: one used within the last
+    `PING_AFTER_IDLE_S` was alive then, and a database restarted since fails its next statement, which SQLAlchemy
+    takes as a disconnect and answers by dropping every connection the pool holds. `pool_pre_ping` would instead
+    spend a round trip on every checkout: the lone write's path would pay for it every time.
+    """
+    if time.monotonic() - record.info.get("idle_since", math.inf) < PING_AFTER_IDLE_S:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as error:
+        raise DisconnectionError(f"a pooled connection failed its ping: {error!r}") from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

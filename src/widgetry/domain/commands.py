@@ -55,5 +55,10 @@ def dump_command(command: Command) -> dict[str, Any]:
     return msgspec.to_builtins(command)
 
 
+def encode_command(command: Command) -> str:
+    """The command as the JSON its record stores (what `dump_command` gives, already encoded)."""
+    return msgspec.json.encode(command).decode()
+
+
 def load_command(payload: dict[str, Any]) -> Command:
     return msgspec.convert(payload, Command)  # type: ignore[arg-type]

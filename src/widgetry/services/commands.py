@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+ACCEPT_COLUMNS = ("id", "type", "sku", "seq", "payload", "status", "accepted_at")
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
 
 
@@ -54,6 +55,18 @@ class Submission(msgspec.Struct, frozen=True):
     id: UUID
     sku: str
     command: Command
+
+    def record(self, accepted_at: datetime, seq: int | None = None) -> CommandRecord:
+        """The command's record as intake stores it."""
+        return CommandRecord(
+            id=self.id,
+            type=command_type(self.command),
+            sku=self.sku,
+            seq=seq,
+            payload=dump_command(self.command),
+            status=CommandStatus.ACCEPTED.value,
+            accepted_at=accepted_at,
+        )
 
 
 class RetryRefused(Exception):
@@ -112,26 +125,19 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         last_seqs = await self._next_seqs(Counter(submission.sku for submission in submissions))
         next_seq = {sku: last - count + 1 for sku, (last, count) in last_seqs.items()}
         accepted_at = datetime.now(UTC)
-        rows = []
+        records = []
         for submission in submissions:
             seq = next_seq[submission.sku]
             next_seq[submission.sku] = seq + 1
-            rows.append(
-                {
-                    "id": submission.id,
-                    "type": command_type(submission.command),
-                    "sku": submission.sku,
-                    "seq": seq,
-                    "payload": dump_command(submission.command),
-                    "status": CommandStatus.ACCEPTED.value,
-                    "accepted_at": accepted_at,
-                }
-            )
+            records.append(submission.record(accepted_at, seq))
         # A bulk INSERT, not the unit of work: nothing about these rows needs tracking in the session, and on the
         # intake path that bookkeeping is a measurable share of each write's cost.
-        await self.session.execute(insert(CommandRecord), rows)
+        await self.session.execute(
+            insert(CommandRecord),
+            [{column: getattr(record, column) for column in ACCEPT_COLUMNS} for record in records],
+        )
         await self.session.commit()
-        return [CommandRecord(**row) for row in rows]
+        return records
 
     async def _original(self, idempotency_key: str, fingerprint: str | None) -> CommandRecord | None:
         original = await self.get_one_or_none(idempotency_key=idempotency_key)
