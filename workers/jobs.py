@@ -14,10 +14,11 @@ from saq.job import Status
 from widgetry.domain.problems import CommandFailed
 from widgetry.observability.outcomes import observed
 from widgetry.services.batching import GroupCommit
-from widgetry.services.commands import CommandService
+from widgetry.services.commands import CommandService, claim
 from widgetry.services.events import EventService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, dispatch, dispatch_import
+from widgetry.services.queries.commands import autocommit_engine
 
 if TYPE_CHECKING:
     from saq.job import Job
@@ -79,8 +80,12 @@ class CommandApplier:
 
 
 async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
+    autocommit = autocommit_engine(connections.alchemy.get_engine())
+    targets = await claim(autocommit, command_ids) if autocommit is not None else None
+    if targets == {}:
+        return
     async with connections.alchemy.get_session() as session:
-        skus = await CommandService(session=session).apply_many(command_ids)
+        skus = await CommandService(session=session).apply_many(command_ids, targets)
     await publish_pending(connections, skus)
 
 

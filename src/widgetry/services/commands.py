@@ -36,10 +36,11 @@ from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed, IdempotencyKeyReused
 from widgetry.services.heads import lock_head, lock_heads
+from widgetry.services.queries.commands import CLAIM, READ_TARGETS
 from widgetry.services.widgets import Current, WidgetService
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
 logger = logging.getLogger(__name__)
@@ -152,14 +153,16 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         skus = await self.apply_many([command_id])
         return skus[0] if skus else None
 
-    async def apply_many(self, command_ids: Sequence[UUID]) -> list[str]:
+    async def apply_many(self, command_ids: Sequence[UUID], targets: dict[str, int] | None = None) -> list[str]:
         """Applies the commands and every earlier pending command of their skus, in accept order, in one transaction.
 
         Re-running it (a re-delivered job, or a sibling job that already drained these) changes nothing: each sku's
         `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue
         behind each other instead of deadlocking. Returns the skus, whose committed events are then to be published.
+        `targets`: what `claim` returned for these commands, when they were claimed outside this session.
         """
-        targets = await self._claim(command_ids)
+        if targets is None:
+            targets = await self._claim(command_ids)
         if not targets:
             return []
         try:
@@ -206,11 +209,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             )
             rows += result.tuples().all()
         await self.session.commit()
-        targets: dict[str, int] = {}
-        for _, sku, seq in rows:
-            if sku is not None:
-                targets[sku] = max(seq, targets.get(sku, 0))
-        return targets
+        return _targets(rows)
 
     async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> None:
         """Locks the skus' heads, applies their pending commands up to the targets' seqs, and commits."""
@@ -386,6 +385,25 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         if limit is not None:
             filters.append(LimitOffset(limit=limit, offset=0))
         return await self.get_many(*filters)
+
+
+async def claim(autocommit: AsyncEngine, command_ids: Sequence[UUID]) -> dict[str, int]:
+    """`CommandService._claim` on PostgreSQL as single statements outside any transaction: the claim is durable, and
+    visible, as it ends, with no BEGIN or COMMIT round trip on the path of every command."""
+    async with autocommit.connect() as connection:
+        rows = list((await connection.execute(CLAIM, {"ids": list(command_ids)})).tuples())
+        if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
+            rows += (await connection.execute(READ_TARGETS, {"ids": list(unclaimed)})).tuples()
+    return _targets(rows)
+
+
+def _targets(rows: Sequence[tuple[UUID, str | None, int]]) -> dict[str, int]:
+    """The newest seq of each sku among claimed commands: how far each sku's apply goes."""
+    targets: dict[str, int] = {}
+    for _, sku, seq in rows:
+        if sku is not None:
+            targets[sku] = max(seq, targets.get(sku, 0))
+    return targets
 
 
 Change = tuple[EventType, int, dict[str, Any]]

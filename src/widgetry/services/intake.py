@@ -13,7 +13,7 @@ from widgetry.connections import is_unavailable
 from widgetry.domain.commands import command_type, encode_command
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, Submission
-from widgetry.services.queries.commands import RECORD_BATCH
+from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
 
 if TYPE_CHECKING:
     from advanced_alchemy.config import SQLAlchemyAsyncConfig
@@ -56,10 +56,7 @@ class CommandIntake:
         self._queue = queue
         self._settings = settings
         self._batches = GroupCommit(self._record_and_queue, max_items=MAX_BATCH, name="widgetry-intake")
-        engine = alchemy.get_engine()
-        self._autocommit = (
-            engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
-        )
+        self._autocommit = autocommit_engine(alchemy.get_engine())
 
     async def accept(self, submission: Submission) -> CommandRecord:
         """Records the command (committed) and queues it; returns its record."""

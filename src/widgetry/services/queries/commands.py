@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 from sqlalchemy import bindparam, text
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+@functools.lru_cache(maxsize=16)
+def autocommit_engine(engine: AsyncEngine) -> AsyncEngine | None:
+    """PostgreSQL: the engine as connections outside any transaction hand it out (sharing its pool), for the write
+    path's single statements, each durable as it ends with no BEGIN or COMMIT round trip. `None` on SQLite, where
+    the write path keeps to sessions."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
+
 
 RECORD_BATCH = text(
     """
@@ -28,3 +43,22 @@ RECORD_BATCH = text(
 """PostgreSQL: records a batch of commands in one statement, so one round trip on an autocommit connection makes it
 durable. Each sku's `accepted_seq` moves on by its count of commands (its head created if new; heads locked in sku
 order, as every other lock on heads), and the sku's commands take the seqs below it in the order given."""
+
+CLAIM = text(
+    """
+    UPDATE commands SET status = 'running'
+    WHERE id IN (
+        SELECT id FROM commands
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('accepted', 'running')
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, sku, seq
+    """
+).bindparams(bindparam("ids"))
+"""PostgreSQL: marks the unfinished commands among these `running` (visible at once: autocommit) and returns their
+skus and seqs. Rows another transaction holds are skipped (see `CommandService.claim`)."""
+
+READ_TARGETS = text("SELECT id, sku, seq FROM commands WHERE id = ANY(CAST(:ids AS uuid[]))").bindparams(
+    bindparam("ids")
+)
+"""The skus and seqs of commands not claimed: finished already, or held by another transaction."""
