@@ -92,6 +92,7 @@ def server_config(app: Litestar, host: str, port: int, log_level: str) -> uvicor
         port=port,
         log_level=log_level,
         log_config=uvicorn_log_config(app.state.settings),
+        access_log=app.state.settings.access_log,
         lifespan="on",
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

@@ -102,6 +102,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """End a dashboard session sooner once the page has sent no request for this long; unset: only the lifetime."""
     log_level: LogLevel = "INFO"
     log_format: LogFormat = LogFormat.AUTO
+    access_log: bool = False
+    """A line per request from uvicorn (credentials in the query redacted). Off by default: each command's outcome has
+    its line already, a proxy in front usually logs requests, and at a thousand writes a second the access line is
+    a tenth of a request's cost in the web process."""
     otel: bool = False
     """Trace requests, jobs and publishes with OpenTelemetry (needs the `otel` extra; exported over OTLP as the
     standard `OTEL_EXPORTER_OTLP_*` variables say)."""

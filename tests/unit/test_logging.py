@@ -91,6 +91,8 @@ def test_at_info_each_command_is_one_line_its_outcome_and_an_idle_shutdown_warns
     assert (created.status_code, refused.status_code) == (200, 409)
     assert told() == {command: [outcome] for command, outcome in commands.items()}
     assert [line for line in json_lines(server.output) if line["level"] not in ("debug", "info")] == []
+    # No line per request either, unless WIDGETRY_ACCESS_LOG asks for one (the redaction test turns it on).
+    assert [line for line in json_lines(server.output) if line.get("logger") == "uvicorn.access"] == []
 
 
 def test_log_format_follows_the_setting_and_else_the_terminal() -> None:
@@ -112,7 +114,9 @@ CREDENTIAL_QUERIES = {
 
 
 def test_credentials_in_the_query_string_are_redacted_from_every_log_line(tmp_path: Path) -> None:
-    server = Server({"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json"}, tmp_path)
+    server = Server(
+        {"WIDGETRY_API_KEYS": API_KEY, "WIDGETRY_LOG_FORMAT": "json", "WIDGETRY_ACCESS_LOG": "true"}, tmp_path
+    )
     try:
         statuses = [
             httpx.get(f"{server.url}/widgets/Q-1?sku=Q-1&{name}={secret}&limit=1").status_code
