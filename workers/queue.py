@@ -22,7 +22,7 @@ from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
-from workers.jobs import (
+from widgetry.workers.jobs import (
     apply_command,
     apply_commands,
     end_failed_command,

@@ -52,7 +52,7 @@ from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
-from workers.queue import build_queue, saq_plugin
+from widgetry.workers.queue import build_queue, saq_plugin
 
 logger = logging.getLogger("widgetry")
 

@@ -124,7 +124,7 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
             if concurrency is not None:
                 queue_config.concurrency = concurrency
         for worker in plugin.get_workers().values():
-            # The app built its workers already, as the service's own (`workers.queue.saq_plugin`): they run here.
+            # The app built its workers already, as the service's own (`widgetry.workers.queue`): they run here.
             worker.separate_process = True
             if concurrency is not None:
                 worker.concurrency = concurrency
