@@ -14,7 +14,6 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
-from widgetry.api.security import admin_guard
 from widgetry.connections import is_unavailable
 from widgetry.observability import tracing
 from widgetry.observability.metrics import Counts
@@ -34,6 +33,7 @@ from widgetry.workers.jobs import (
 )
 
 if TYPE_CHECKING:
+    from litestar.types import Guard
     from saq.job import Job
 
     from widgetry.connections import Connections
@@ -194,7 +194,9 @@ def flush_counts(connections: Connections) -> Callable[[dict[str, Any]], Awaitab
     return flush
 
 
-def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
+def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guard) -> SAQPlugin:
+    """The plugin that runs the workers and serves SAQ's web UI at /saq behind `web_guard` (the API's admin guard,
+    handed in by the app: the workers know nothing of the API)."""
     settings = connections.settings
     traced = tracing.enabled(settings)
     plugin = SAQPlugin(
@@ -239,7 +241,7 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
             # itself, so reach it through a proxy that adds the header (or with curl).
             web_enabled=True,
             web_path="/saq",
-            web_guards=[admin_guard],
+            web_guards=[web_guard],
             enable_otel=traced,
         )
     )
