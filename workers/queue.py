@@ -14,11 +14,11 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
-from widgetry.connections import is_unavailable
 from widgetry.observability import tracing
 from widgetry.observability.metrics import Counts
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
+from widgetry.services.unavailable import is_unavailable
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
 from widgetry.workers.jobs import (

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from widgetry.connections import is_unavailable
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, Submission
+from widgetry.services.unavailable import is_unavailable
 
 if TYPE_CHECKING:
     from advanced_alchemy.config import SQLAlchemyAsyncConfig
