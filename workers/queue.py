@@ -14,15 +14,14 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
-from widgetry.api.security import admin_guard
-from widgetry.connections import is_unavailable
 from widgetry.observability import tracing
 from widgetry.observability.metrics import Counts
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
+from widgetry.services.unavailable import is_unavailable
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event
-from workers.jobs import (
+from widgetry.workers.jobs import (
     apply_command,
     apply_commands,
     end_failed_command,
@@ -34,6 +33,7 @@ from workers.jobs import (
 )
 
 if TYPE_CHECKING:
+    from litestar.types import Guard
     from saq.job import Job
 
     from widgetry.connections import Connections
@@ -194,7 +194,9 @@ def flush_counts(connections: Connections) -> Callable[[dict[str, Any]], Awaitab
     return flush
 
 
-def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
+def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guard) -> SAQPlugin:
+    """The plugin that runs the workers and serves SAQ's web UI at /saq behind `web_guard` (the API's admin guard,
+    handed in by the app: the workers know nothing of the API)."""
     settings = connections.settings
     traced = tracing.enabled(settings)
     plugin = SAQPlugin(
@@ -239,7 +241,7 @@ def saq_plugin(connections: Connections, queue: CommandQueue) -> SAQPlugin:
             # itself, so reach it through a proxy that adds the header (or with curl).
             web_enabled=True,
             web_path="/saq",
-            web_guards=[admin_guard],
+            web_guards=[web_guard],
             enable_otel=traced,
         )
     )

@@ -31,7 +31,7 @@ from widgetry.api.ops import health, ready
 from widgetry.api.options import allow_every_method
 from widgetry.api.problems import problem_details_plugin
 from widgetry.api.schemas import WidgetRead
-from widgetry.api.security import ANONYMOUS, SECURITY_SCHEMES, ApiKeys, api_key_guard, key_security
+from widgetry.api.security import ANONYMOUS, SECURITY_SCHEMES, ApiKeys, admin_guard, api_key_guard, key_security
 from widgetry.api.widgets import (
     create_widget,
     delete_widget,
@@ -52,7 +52,7 @@ from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
-from workers.queue import build_queue, saq_plugin
+from widgetry.workers.queue import build_queue, saq_plugin
 
 logger = logging.getLogger("widgetry")
 
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Not `SQLAlchemyPlugin`, which adds a serialization plugin: it would give a widget read registered with
             # no DTO one of every column, `internal_notes` included. Without it such a read fails instead.
             SQLAlchemyInitPlugin(config=connections.alchemy),
-            saq_plugin(connections, queue),
+            saq_plugin(connections, queue, web_guard=admin_guard),
             problem_details_plugin(),
             structlog_plugin(settings),
             *tracing_plugins(settings),

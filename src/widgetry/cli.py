@@ -21,7 +21,6 @@ from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
 
 from widgetry.bench.command import bench_command
-from widgetry.connections import is_unavailable
 from widgetry.console import events_group
 from widgetry.domain.models import EventRecord, Scope
 from widgetry.domain.problems import PROBLEM_BASE
@@ -31,6 +30,7 @@ from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.events import EventService
 from widgetry.services.intake import dispatch
 from widgetry.services.keys import DEFAULT_SCOPES, ApiKeyService, KeyNameTaken, KeyNotFound
+from widgetry.services.unavailable import is_unavailable
 
 if TYPE_CHECKING:
     import uvicorn
@@ -125,7 +125,7 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
             if concurrency is not None:
                 queue_config.concurrency = concurrency
         for worker in plugin.get_workers().values():
-            # The app built its workers already, as the service's own (`workers.queue.saq_plugin`): they run here.
+            # The app built its workers already, as the service's own (`widgetry.workers.queue`): they run here.
             worker.separate_process = True
             if concurrency is not None:
                 worker.concurrency = concurrency

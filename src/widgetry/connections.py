@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,15 +14,11 @@ from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
     SQLAlchemyAsyncConfig,
 )
-from asyncpg import exceptions as asyncpg_errors
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.streaming.publisher import EventPublisher
@@ -33,40 +28,6 @@ if TYPE_CHECKING:
 
 SQLITE_BUSY_TIMEOUT_S = 30
 PING_AFTER_IDLE_S = 2.0
-
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,  # ConnectionRefusedError, ConnectionResetError, and the built-in TimeoutError
-    RedisConnectionError,
-    RedisTimeoutError,
-    OperationalError,  # SQLAlchemy's wrapper for a connection that failed (and SQLite's "database is locked")
-    InterfaceError,
-    PoolTimeoutError,  # every pooled connection busy for the pool's timeout: the database is overloaded
-    asyncpg_errors.PostgresConnectionError,  # "connection was closed in the middle of operation"
-    asyncpg_errors.OperatorInterventionError,  # "the database system is shutting down", admin shutdown
-    asyncpg_errors.InterfaceError,
-    asyncpg_errors.InternalClientError,  # a connection left mid-operation when the server went away
-    asyncpg_errors.TransactionRollbackError,  # a deadlock or serialization failure: the same work may pass next time
-)
-
-
-def is_unavailable(error: BaseException | None) -> bool:
-    """Whether an error is the environment's, not the request's: the database or Redis could not be reached, dropped
-    the connection, or gave up this attempt (a deadlock), so the same request can succeed later.
-
-    The chain of causes is searched: asyncpg raises its own errors from a pool connect, SQLAlchemy wraps them, and
-    Advanced Alchemy wraps SQLAlchemy's (a dropped connection can surface as its `IntegrityError`)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(getattr(error, "orig", None), sqlite3.Error):
-            error = error.orig  # SQLAlchemy's OperationalError wraps SQLite's: classify by SQLite's own
-        if isinstance(error, sqlite3.OperationalError):
-            # SQLite reports a busy database and a missing table alike: only the first passes with time.
-            return any(word in str(error) for word in ("locked", "busy"))
-        if isinstance(error, UNAVAILABLE) or (isinstance(error, DBAPIError) and error.connection_invalidated):
-            return True
-        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
-    return False
 
 
 def migrations_path() -> Path:

@@ -28,7 +28,7 @@ from tests.summary import report
 from tests.support import API_KEY, Process, Server, eventually
 from widgetry.domain.models import CommandRecord, EventRecord, Widget
 from widgetry.settings import Settings
-from workers.jobs import APPLY_JOBS
+from widgetry.workers.jobs import APPLY_JOBS
 
 RETRYABLE_STATUS = {502, 503, 504}
 SUBMIT_DEADLINE_S = 120

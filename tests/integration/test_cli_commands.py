@@ -27,7 +27,7 @@ from widgetry.domain.models import CommandRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
-from workers.jobs import publish_pending
+from widgetry.workers.jobs import publish_pending
 
 SPENT = "The command could not be applied after 10 attempts."
 

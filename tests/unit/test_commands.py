@@ -20,7 +20,7 @@ from widgetry.domain.problems import CommandFailed
 from widgetry.services import commands as command_service
 from widgetry.services.commands import CommandService
 from widgetry.settings import Settings
-from workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
+from widgetry.workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
 
 PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}

@@ -18,7 +18,7 @@ from tests.unit.state import CommandRecord, outbox, widget_row
 from widgetry.domain.commands import CreateWidget, UpdateWidget
 from widgetry.services import commands as command_service
 from widgetry.services.commands import CommandService
-from workers.jobs import MAX_RECOVERIES, requeue_unfinished
+from widgetry.workers.jobs import MAX_RECOVERIES, requeue_unfinished
 
 
 async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_commands_still_apply(

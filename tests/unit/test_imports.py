@@ -25,7 +25,7 @@ from widgetry.api import widgets as widget_routes
 from widgetry.api.imports import MAX_IMPORT_BYTES, ParsedImport, parse_import
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService, RetryRefused
-from workers.jobs import fail_import, relay_unpublished, requeue_unfinished
+from widgetry.workers.jobs import fail_import, relay_unpublished, requeue_unfinished
 
 CSV = {"Content-Type": "text/csv"}
 

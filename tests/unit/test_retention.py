@@ -11,7 +11,7 @@ from sqlalchemy import update
 from tests.support import AUTH, WAIT
 from tests.unit.state import CommandRecord, count, outbox
 from widgetry.domain.models import EventRecord
-from workers.jobs import purge_expired
+from widgetry.workers.jobs import purge_expired
 
 
 async def test_finished_commands_older_than_retention_are_purged_with_their_published_events(

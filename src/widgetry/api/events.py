@@ -19,8 +19,8 @@ from widgetry.api.limits import StreamLimit
 from widgetry.api.problems import invalid
 from widgetry.api.security import api_key_client
 from widgetry.api.widgets import SkuPath
-from widgetry.connections import is_unavailable
 from widgetry.domain.events import EventType
+from widgetry.services.unavailable import is_unavailable
 from widgetry.streaming.hub import EventHub, Filter
 
 logger = logging.getLogger(__name__)

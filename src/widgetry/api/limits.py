@@ -19,7 +19,7 @@ from litestar.middleware import ASGIMiddleware
 
 from widgetry.api.problems import problem_exception
 from widgetry.api.security import AUTHENTICATE, Authenticate, presented_key
-from widgetry.connections import is_unavailable
+from widgetry.services.unavailable import is_unavailable
 from widgetry.settings import Settings
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import msgspec
 from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
-from widgetry.connections import is_unavailable
 from widgetry.domain.models import PATTERNS_IN_WORDS
 from widgetry.domain.problems import PROBLEM_BASE, Problem
+from widgetry.services.unavailable import is_unavailable
 
 logger = logging.getLogger(__name__)
 

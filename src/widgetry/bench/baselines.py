@@ -31,7 +31,7 @@ from widgetry.migrating import upgrade_database
 from widgetry.services.intake import MAX_RETRY_DELAY_S, RETRY_DELAY_S
 from widgetry.services.widgets import WidgetService
 from widgetry.settings import Settings
-from workers.queue import EmbeddedRedisQueue
+from widgetry.workers.queue import EmbeddedRedisQueue
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig

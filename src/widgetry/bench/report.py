@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from widgetry.bench.stack import RATE_LIMITED_HINT
+
 if TYPE_CHECKING:
     from widgetry.bench.baselines import DirectWrite, RawSaq
     from widgetry.bench.load import LoadResult
-
-RATE_LIMITED_HINT = (
-    "it rate limits this API key: raise WIDGETRY_RATE_LIMIT_WRITES on the target (or set it to off) and run again"
-)
 
 LATENCIES = (
     ("post_to_202_ms", "POST -> 202"),

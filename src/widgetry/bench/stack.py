@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 
-from widgetry.bench.report import RATE_LIMITED_HINT
 from widgetry.client import AsyncWidgetryClient, ProblemError
 
 STOP_TIMEOUT_S = 15
@@ -32,6 +31,10 @@ POLL_S = 0.2
 READY_REQUEST_TIMEOUT_S = 5
 SSE_CONNECTIONS_PER_CLIENT = 1_000_000
 """Every subscriber and idle connection comes from this one address."""
+RATE_LIMITED_HINT = (
+    "it rate limits this API key: raise WIDGETRY_RATE_LIMIT_WRITES on the target (or set it to off) and run again"
+)
+"""What to do when the service under test refuses writes for their rate."""
 
 
 class StackFailed(Exception):

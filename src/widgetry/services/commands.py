@@ -20,7 +20,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from widgetry.connections import is_unavailable
 from widgetry.domain.commands import (
     Command,
     CommandStatus,
@@ -37,6 +36,7 @@ from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed, IdempotencyKeyReused
 from widgetry.services.heads import lock_head, lock_heads
 from widgetry.services.queries.commands import CLAIM, READ_TARGETS
+from widgetry.services.unavailable import is_unavailable
 from widgetry.services.widgets import Current, WidgetService
 
 if TYPE_CHECKING:

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from widgetry.connections import is_unavailable
 from widgetry.domain.commands import command_type, encode_command
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, Submission
 from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
+from widgetry.services.unavailable import is_unavailable
 
 if TYPE_CHECKING:
     from advanced_alchemy.config import SQLAlchemyAsyncConfig
