@@ -14,7 +14,7 @@ from litestar_saq import SAQPlugin
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support import API_KEY, AUTH, WAIT, eventually, serve
-from tests.unit.state import CommandRecord, count, outbox, stream, unpublish_everything, widget_row
+from tests.unit.state import CommandRecord, count, outbox, settled_stream, stream, unpublish_everything, widget_row
 from widgetry.app import create_app
 from widgetry.domain.problems import CommandFailed
 from widgetry.services import commands as command_service
@@ -223,7 +223,7 @@ async def test_a_command_whose_enqueue_failed_is_recorded_and_queued_by_the_reco
     assert requeued == 1
     assert (await finished(client, accepted.headers["location"]))["status"] == "succeeded"
     assert (await widget_row(app, "SPR-1")).name == "Sprocket"
-    assert [e["type"] for e in await stream(app)] == ["widget.created"]
+    assert [e["type"] for e in await settled_stream(app)] == ["widget.created"]
 
 
 async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_applies(
