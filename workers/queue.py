@@ -14,6 +14,7 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
+from widgetry.compat import adopt_workers
 from widgetry.observability import tracing
 from widgetry.observability.metrics import Counts
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
@@ -48,6 +49,8 @@ SWEEP_SECONDS = 10
 """How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""
 REDIS_DEQUEUE_TIMEOUT_S = 1.0
 """How long one BLMOVE waits for a job: bounded, because an idle worker's blocked dequeues slow its shutdown."""
+CANCELLATION_DEADLINE_S = 1.0
+"""How long a worker waits for a task it cancelled to end: SAQ's default, stated because `CommandWorker` waits too."""
 
 
 class CommandQueue(RedisQueue):
@@ -98,6 +101,8 @@ class EmbeddedRedisQueue(CommandQueue):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._wakeup = asyncio.Event()
+        self.queued_key = self.namespace("queued")
+        self.active_key = self.namespace("active")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}<in-process fakeredis, name={self.name!r}>"
@@ -110,20 +115,20 @@ class EmbeddedRedisQueue(CommandQueue):
             self._wakeup.clear()
             # Shielded: a fakeredis command cancelled mid-call can leave its connection waiting forever, which
             # would hang the worker's shutdown. A job moved as the worker stops is re-queued from the database.
-            job_id = await asyncio.shield(self.redis.lmove(self._queued, self._active, "LEFT", "RIGHT"))
+            job_id = await asyncio.shield(self.redis.lmove(self.queued_key, self.active_key, "LEFT", "RIGHT"))
             if job_id is not None:
-                return await asyncio.shield(self._get_job_by_id(job_id))
+                return await asyncio.shield(self.job(self.job_key_from_id(job_id.decode())))
             await wait_for_event(self._wakeup, timeout or self.WAKE_TIMEOUT)
             if timeout:
                 return None
 
-    async def _enqueue(self, job: Job) -> Job | None:
-        queued = await super()._enqueue(job)
+    async def enqueue(self, job_or_func: str | Job, **kwargs: Any) -> Job | None:
+        queued = await super().enqueue(job_or_func, **kwargs)
         self._wakeup.set()
         return queued
 
-    async def _retry(self, job: Job, error: str | None) -> None:
-        await super()._retry(job, error)
+    async def retry(self, job: Job, error: str | None) -> None:
+        await super().retry(job, error)
         self._wakeup.set()
 
     async def schedule(self, lock: int = 1) -> list[str]:
@@ -147,7 +152,7 @@ class CommandWorker(Worker):
         if not self.job_task_contexts:
             idle = list(self.tasks)
             self.tasks.clear()
-            await cancel_tasks(idle, timeout=self._cancellation_hard_deadline_s)
+            await cancel_tasks(idle, timeout=CANCELLATION_DEADLINE_S)
         await super().stop()
 
 
@@ -235,6 +240,7 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
                     # spent in full on each shutdown. No grace is safe here: an apply is one transaction, and a
                     # cancelled job is retried, its re-run stopped by the sku's applied_seq fence.
                     shutdown_grace_period_s=None,
+                    cancellation_hard_deadline_s=CANCELLATION_DEADLINE_S,
                 )
             ],
             # SAQ's web UI. Behind an admin key, read from the `X-API-Key` header: a browser does not send one by
@@ -245,16 +251,5 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
             enable_otel=traced,
         )
     )
-    adapt_workers(plugin)
+    adopt_workers(plugin, CommandWorker)
     return plugin
-
-
-def adapt_workers(plugin: SAQPlugin) -> None:
-    """Makes the plugin's workers (built now unless they are already) this service's. Call it again whenever the
-    plugin is made to build them anew (`remove_workers`)."""
-    for worker in plugin.get_workers().values():
-        # litestar-saq builds its own `Worker`s, and takes no class to build them from.
-        worker.__class__ = CommandWorker
-        # litestar-saq starts a heartbeat thread for its `monitored_job` decorator, which no job here uses, and
-        # that thread logs a crash on every shutdown; QueueConfig has no option to leave it off.
-        worker._enable_heartbeat_manager = False  # noqa: SLF001

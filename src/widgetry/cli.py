@@ -17,10 +17,10 @@ import anyio
 import click
 import msgspec
 from advanced_alchemy.filters import OrderBy
-from litestar.cli._utils import LitestarGroup
 from litestar.plugins import CLIPlugin
 
 from widgetry.bench.command import bench_command
+from widgetry.compat import LitestarGroup
 from widgetry.console import events_group
 from widgetry.domain.models import EventRecord, Scope
 from widgetry.domain.problems import PROBLEM_BASE

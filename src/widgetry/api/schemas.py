@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyDTO, SQLAlchemyDTOConfig
 from litestar.connection import ASGIConnection
-from litestar.dto._backend import DTOBackend
-from litestar.dto._codegen_backend import DTOCodegenBackend
 from litestar.dto.data_structures import DTOFieldDefinition
 from litestar.exceptions import SerializationException, ValidationException
 from litestar.openapi.spec import Reference, Schema
@@ -22,10 +20,8 @@ from litestar.serialization import decode_json
 from litestar.typing import FieldDefinition
 
 from widgetry.api.problems import in_words
+from widgetry.compat import DTOBackend, DTOCodegenBackend, SchemaCreator
 from widgetry.domain.models import CommandRecord, Widget
-
-if TYPE_CHECKING:
-    from litestar._openapi.schema_generation import SchemaCreator
 
 
 class WidgetRead(SQLAlchemyDTO[Widget]):
