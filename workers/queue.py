@@ -16,7 +16,6 @@ from saq.utils import cancel_tasks
 
 from widgetry.compat import adopt_workers
 from widgetry.observability import tracing
-from widgetry.observability.metrics import Counts
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.services.unavailable import is_unavailable
@@ -191,7 +190,7 @@ def every(seconds: int) -> str:
 def flush_counts(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
     """After each job, adds what it counted (commands finished, events published) to the shared metrics: a worker
     process has nothing else that would, and nobody scrapes it."""
-    counts = Counts.of(connections)
+    counts = connections.counts
 
     async def flush(_ctx: dict[str, Any]) -> None:
         await counts.flush()

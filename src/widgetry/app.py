@@ -46,8 +46,10 @@ from widgetry.connections import Connections
 from widgetry.dashboard.routes import dashboard_routers, template_config
 from widgetry.dashboard.sessions import SESSION_STORE, session_store
 from widgetry.migrating import upgrade_if_behind
+from widgetry.observability.counts import flushing
 from widgetry.observability.logs import structlog_plugin
-from widgetry.observability.metrics import Counts, Exposition, flushing, prometheus_config
+from widgetry.observability.metrics import Exposition, prometheus_config
+from widgetry.observability.outcomes import observe
 from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.intake import CommandIntake
 from widgetry.settings import Settings
@@ -72,6 +74,7 @@ CORS_EXPOSED_HEADERS = [
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     connections = Connections.build(settings)
+    observe(connections.alchemy.create_session_maker(), connections.counts)
     hub = EventHub(
         connections.redis,
         settings.events_stream,
@@ -203,7 +206,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     await app.state.hub.start()
     freeze_startup_objects()
     try:
-        async with flushing(Counts.of(connections)):
+        async with flushing(connections.counts):
             yield
     finally:
         # Litestar leaves lifespan managers before it runs the plugins' shutdown hooks: stop the in-process worker

@@ -21,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from widgetry.observability.counts import Counts
 from widgetry.streaming.publisher import EventPublisher
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class Connections:
     redis: Redis
     alchemy: SQLAlchemyAsyncConfig
     publisher: EventPublisher
+    counts: Counts
+    """This process's counts of what the app does, for the deployment's metrics."""
 
     @classmethod
     def build(cls, settings: Settings) -> Connections:
@@ -115,4 +118,5 @@ class Connections:
                 settings.stream_max_len,
                 remember_for=timedelta(days=settings.command_retention_days),
             ),
+            counts=Counts(redis, f"{settings.redis_prefix}:metrics"),
         )

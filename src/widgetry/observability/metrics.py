@@ -6,8 +6,7 @@ process that counts (its multiprocess mode only joins processes of one host that
 count would never reach a web process's `/metrics`. Each process therefore adds its counts into one Redis hash,
 read at scrape time: every web process shows the deployment's totals (query them with `max`, not `sum`).
 
-Counting costs the hot paths a dictionary update each: the counts gather in this process and go to Redis in one
-pipelined HINCRBY after each worker job and every second, never on a request's or a command's way.
+Counting costs the hot paths a dictionary update each (`observability.counts`).
 Gauges (queue depth, oldest unfinished command, relay backlog) are read at scrape time, each source under a short
 timeout, so a scrape answers even when Redis or the database does not (`widgetry_scrape_source_up` says which).
 """
@@ -15,16 +14,12 @@ timeout, so a scrape answers even when Redis or the database does not (`widgetry
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from litestar.datastructures import State
 from litestar.plugins.prometheus import PrometheusConfig
@@ -35,107 +30,24 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from widgetry.domain.commands import CommandStatus
 from widgetry.domain.models import CommandRecord, EventRecord
+from widgetry.observability.counts import LATENCY_BUCKETS
 from widgetry.observability.queues import QueueStatus, queue_status
 from widgetry.services.commands import UNFINISHED
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from saq.queue.redis import RedisQueue
-    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
-    from sqlalchemy.orm import Session
-
-    from widgetry.connections import Connections
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "widgetry"
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
-"""Seconds from accepted to finished: milliseconds when the service keeps up, minutes for a large import."""
-FLUSH_INTERVAL_S = 1.0
-REDIS_TIMEOUT_S = 1.0
 SCRAPE_TIMEOUT_S = 2.0
 SCRAPE_CACHE_S = 1.0
 """How long a rendered scrape is served again: well under any scrape interval, long enough to bound the cost."""
 TEXT_FORMAT = CONTENT_TYPE_PLAIN_0_0_4
 OPENMETRICS_FORMAT = OPENMETRICS_CONTENT_TYPE
-OUTCOMES = {CommandStatus.SUCCEEDED.value: "applied", CommandStatus.FAILED.value: "failed"}
-
-
-class Counts:
-    """This process's counts not yet added to Redis: one per database engine (per app), found from a session by its
-    bind, so what one app applies is never counted in another's Redis (tests run many apps in one process)."""
-
-    def __init__(self, redis: Redis, key: str) -> None:
-        self.redis = redis
-        self.key = key
-        self.fields: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
-
-    @classmethod
-    def of(cls, connections: Connections) -> Counts:
-        engine = connections.alchemy.get_engine().sync_engine
-        if (counts := _BY_ENGINE.get(engine)) is None:
-            counts = _BY_ENGINE[engine] = cls(connections.redis, f"{connections.settings.redis_prefix}:metrics")
-        return counts
-
-    @classmethod
-    def of_session(cls, session: Session) -> Counts | None:
-        """The counts of the app whose engine the session uses; `None` when no app counts for it."""
-        return _BY_ENGINE.get(session.bind) if session.bind is not None else None  # type: ignore[arg-type]
-
-    def accepted(self, command_type: str) -> None:
-        self.fields[f"accepted:{command_type}"] += 1
-
-    def finished(self, command_type: str, status: str, seconds: float) -> None:
-        self.fields[f"{OUTCOMES[status]}:{command_type}"] += 1
-        self.fields[f"latency:{command_type}:{bisect.bisect_left(LATENCY_BUCKETS, seconds)}"] += 1
-        self.seconds[command_type] += seconds
-
-    def published(self, count: int) -> None:
-        self.fields["published"] += count
-
-    async def flush(self) -> None:
-        """Adds the counts into the Redis hash; on failure keeps them for the next flush."""
-        if not (self.fields or self.seconds):
-            return
-        fields, seconds = self.fields, self.seconds
-        self.fields, self.seconds = Counter(), Counter()
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT_S), self.redis.pipeline(transaction=True) as pipe:
-                for field, count in fields.items():
-                    pipe.hincrby(self.key, field, count)
-                for command_type, total in seconds.items():
-                    pipe.hincrbyfloat(self.key, f"latency_sum:{command_type}", total)
-                await pipe.execute()
-        except Exception as error:  # noqa: BLE001 - counted again at the next flush
-            self.fields.update(fields)
-            self.seconds.update(seconds)
-            logger.warning("could not add metrics to Redis (%r); kept for the next flush", error)
-
-
-_BY_ENGINE: WeakKeyDictionary[Engine, Counts] = WeakKeyDictionary()
-
-
-@contextlib.asynccontextmanager
-async def flushing(counts: Counts) -> AsyncIterator[None]:
-    """Adds this process's counts to Redis every second while the app runs, and once more when it stops."""
-
-    async def flush_forever() -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            await counts.flush()
-
-    task = asyncio.create_task(flush_forever(), name="widgetry-metrics-flush")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await counts.flush()
 
 
 class DomainCollector(Collector):
@@ -266,7 +178,7 @@ async def _within(timeout: float, read: Any, source: str) -> Any:
 
 async def scrape(state: State) -> DomainCollector:
     connections = state.connections
-    counts = Counts.of(connections)
+    counts = connections.counts
     queue: RedisQueue = state.queue
     collector = DomainCollector()
     collector.subscribers = state.hub.subscriber_count

@@ -10,15 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import event
-from sqlalchemy.orm import Session, attributes
+from sqlalchemy.orm import Session, attributes, sessionmaker
 
 from widgetry.domain.models import CommandRecord
 from widgetry.observability import tracing
-from widgetry.observability.metrics import OUTCOMES, Counts
+from widgetry.observability.counts import OUTCOMES
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from widgetry.connections import Connections
     from widgetry.domain.models import EventRecord
+    from widgetry.observability.counts import Counts
     from widgetry.services.events import Publish
 
 log = structlog.get_logger()
@@ -29,13 +32,13 @@ _FINISHED_KEY = "widgetry.finished_commands"
 
 
 def accepted(connections: Connections, record: CommandRecord) -> None:
-    Counts.of(connections).accepted(record.type)
+    connections.counts.accepted(record.type)
     log.debug("command.accepted", logger=LOGGER, command_id=str(record.id), type=record.type, sku=record.sku)
 
 
 def observed(connections: Connections) -> Publish:
     """The publisher, counting and telling each event it put on the stream."""
-    publish, counts = connections.publisher.publish, Counts.of(connections)
+    publish, counts = connections.publisher.publish, connections.counts
 
     async def publish_and_tell(records: Sequence[EventRecord]) -> list[str]:
         with tracing.span("widgetry publish", events=len(records)):
@@ -55,9 +58,42 @@ def observed(connections: Connections) -> Publish:
     return publish_and_tell
 
 
-# A command finishes wherever a session commits its status (a batch applied, an import ended, a job given up on):
-# watching sessions sees each one exactly once, whichever service did it, and only once it is committed.
-@event.listens_for(Session, "after_flush")
+def observe(sessions: async_sessionmaker[AsyncSession], counts: Counts) -> None:
+    """Counts and tells each command's outcome once a session made by `sessions` commits it.
+
+    A command finishes wherever a session commits its status (a batch applied, an import ended, a job given up on):
+    watching the sessions sees each one exactly once, whichever service did it, and only once it is committed. The
+    listeners go on these sessions' own class, never on SQLAlchemy's `Session`, so an app counts only what its own
+    sessions commit, into its own counts."""
+    factory = _sync_sessions(sessions)
+    event.listen(factory, "after_flush", _note_finished)
+    event.listen(factory, "after_soft_rollback", _forget_finished)
+
+    @event.listens_for(factory, "after_commit")
+    def count_finished(session: Session) -> None:
+        if session.in_nested_transaction() or not (finished := session.info.pop(_FINISHED_KEY, None)):
+            return
+        for command_id, (command_type, status, seconds) in finished.items():
+            counts.finished(command_type, status, seconds)
+            log.info(
+                f"command.{OUTCOMES[status]}",
+                logger=LOGGER,
+                command_id=str(command_id),
+                type=command_type,
+                seconds=seconds,
+            )
+
+
+def _sync_sessions(sessions: async_sessionmaker[AsyncSession]) -> sessionmaker[Session]:
+    """The factory of the `Session`s that `sessions`' async sessions run on, where SQLAlchemy fires their events:
+    Advanced Alchemy configures one of its own (with its listeners); failing that, one is made for them alone."""
+    factory = sessions.kw.get("sync_session_class")
+    if not isinstance(factory, sessionmaker):
+        factory = sessionmaker(class_=factory or Session)
+        sessions.configure(sync_session_class=factory)
+    return factory
+
+
 def _note_finished(session: Session, _context: Any) -> None:
     for record in session.dirty:
         if (
@@ -70,20 +106,6 @@ def _note_finished(session: Session, _context: Any) -> None:
             session.info.setdefault(_FINISHED_KEY, {})[record.id] = (record.type, record.status, seconds)
 
 
-@event.listens_for(Session, "after_commit")
-def _count_finished(session: Session) -> None:
-    if session.in_nested_transaction() or not (finished := session.info.pop(_FINISHED_KEY, None)):
-        return
-    counts = Counts.of_session(session)
-    for command_id, (command_type, status, seconds) in finished.items():
-        if counts is not None:
-            counts.finished(command_type, status, seconds)
-        log.info(
-            f"command.{OUTCOMES[status]}", logger=LOGGER, command_id=str(command_id), type=command_type, seconds=seconds
-        )
-
-
-@event.listens_for(Session, "after_soft_rollback")
 def _forget_finished(session: Session, previous: Any) -> None:
     if not previous.nested:
         session.info.pop(_FINISHED_KEY, None)
