@@ -39,10 +39,6 @@ if TYPE_CHECKING:
     from widgetry.connections import Connections
 
 logger = logging.getLogger(__name__)
-# SAQ logs three INFO lines per job (queued, processing, finished): at hundreds of commands a second that is a
-# measurable share of the web and worker processes' time, and says nothing the command records do not. Its warnings
-# and errors (failed jobs, sweeps) still show.
-logging.getLogger("saq").setLevel(logging.WARNING)
 
 SWEEP_SECONDS = 10
 """How often a worker looks for jobs whose worker died (their `timeout` passed), to re-run them."""

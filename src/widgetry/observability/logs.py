@@ -108,6 +108,10 @@ def structlog_plugin(settings: Settings) -> StructlogPlugin:
             # aiosqlite logs each statement with its parameters at the debug level: what widgets hold, their internal
             # notes among it, would reach the log.
             "aiosqlite": {"level": "INFO"},
+            # SAQ logs three INFO lines per job (queued, processing, finished): at hundreds of commands a second, a
+            # measurable share of the web and worker processes' time, saying nothing the command records do not.
+            # Its warnings and errors (failed jobs, sweeps) still show.
+            "saq": {"level": "WARNING"},
         },
     )
     return StructlogPlugin(
