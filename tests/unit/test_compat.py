@@ -1,0 +1,198 @@
+"""What `widgetry.compat` takes from other libraries' internals is still there, as it is used; and no other module
+reaches for another library's private names.
+
+Each check names the private and the installed version, so an upgrade that moves or changes one says what to adapt.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+import pytest
+from litestar import Litestar
+from litestar.dto import AbstractDTO
+from litestar_saq import SAQPlugin
+from litestar_saq import Worker as LitestarSaqWorker
+
+from tests.support import running
+from widgetry import compat
+from workers.queue import CommandWorker
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy")
+"""Whose private names only `compat` may use."""
+
+
+def moved(private: str, package: str, what: str) -> str:
+    return f"{private} ({package} {version(package)}) {what}: adapt widgetry.compat to it"
+
+
+def parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_litestar_group_still_gives_its_commands_the_app() -> None:
+    def show(app: Litestar) -> None: ...
+
+    command = click.Command("show", callback=show)
+    compat.LitestarGroup(name="group").add_command(command)
+
+    assert issubclass(compat.LitestarGroup, click.Group), moved(
+        "litestar.cli._utils.LitestarGroup", "litestar", "is no longer a click group"
+    )
+    assert command.callback is not show and inspect.unwrap(command.callback) is show, moved(
+        "litestar.cli._utils.LitestarGroup", "litestar", "no longer wraps its commands to pass them the app"
+    )
+
+
+def test_the_dto_backend_still_decodes_bodies_in_parse_raw() -> None:
+    assert parameters(compat.DTOCodegenBackend.parse_raw) == ["self", "raw", "asgi_connection"], moved(
+        "litestar.dto._codegen_backend.DTOCodegenBackend.parse_raw", "litestar", "changed its parameters"
+    )
+    assert "backend_cls" in parameters(AbstractDTO.create_for_field_definition), moved(
+        "litestar.dto._backend.DTOBackend", "litestar", "is no longer what a DTO is created with"
+    )
+    assert issubclass(compat.DTOCodegenBackend, compat.DTOBackend), moved(
+        "litestar.dto._codegen_backend.DTOCodegenBackend", "litestar", "is no longer a DTOBackend"
+    )
+
+
+def test_the_schema_creator_still_resolves_references() -> None:
+    assert "schema_creator" in parameters(AbstractDTO.create_openapi_schema), moved(
+        "litestar._openapi.schema_generation.SchemaCreator", "litestar", "is no longer what a DTO's schema gets"
+    )
+    assert callable(getattr(compat.SchemaCreator().schema_registry, "from_reference", None)), moved(
+        "litestar._openapi.schema_generation.SchemaCreator.schema_registry.from_reference",
+        "litestar",
+        "is gone",
+    )
+
+
+async def test_adopted_workers_are_the_service_s_and_start_no_heartbeat_manager(app: Litestar) -> None:
+    assert "enable_heartbeat_manager" in parameters(LitestarSaqWorker), moved(
+        "litestar_saq.Worker(enable_heartbeat_manager)", "litestar-saq", "is gone"
+    )
+    workers = list(app.plugins.get(SAQPlugin).get_workers().values())
+    assert workers
+
+    async with running(app):
+        started = [(type(worker), worker._heartbeat_manager) for worker in workers]  # noqa: SLF001
+
+    assert started == [(CommandWorker, None)] * len(workers), moved(
+        "litestar_saq.Worker._enable_heartbeat_manager", "litestar-saq", "no longer keeps the heartbeat manager off"
+    )
+
+
+def modules() -> list[Path]:
+    return sorted(
+        path
+        for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
+        if path != ROOT / "src" / "widgetry" / "compat.py"
+    )
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_imports(tree: ast.Module) -> list[str]:
+    """Imports of a library's private module or private name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.split(".")[0] in LIBRARIES]
+        else:
+            continue
+        found += [name for name in names if any(is_private(part) for part in name.split("."))]
+    return found
+
+
+def library_privates(cls: type) -> set[str]:
+    """The private names that the library classes `cls` derives from define: in their bodies, and as `self._x = `
+    in their methods (the attributes their instances carry)."""
+    names: set[str] = set()
+    for base in cls.__mro__[1:]:
+        if base.__module__.split(".")[0] not in LIBRARIES:
+            continue
+        names |= {name for name in vars(base) if is_private(name)}
+        try:
+            source = ast.parse(inspect.getsource(base).strip())
+        except (OSError, TypeError, SyntaxError):
+            continue
+        names |= {
+            node.attr
+            for node in ast.walk(source)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+            and is_private(node.attr)
+        }
+    return names
+
+
+@functools.cache
+def own_privates() -> set[str]:
+    """The private names the project defines itself: its functions and methods, and what its methods set on `self`."""
+    names: set[str] = set()
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and is_private(node.name):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names |= {
+                    target.attr
+                    for target in targets
+                    if isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                    and is_private(target.attr)
+                }
+    return names
+
+
+def module_of(path: Path) -> object:
+    relative = path.relative_to(ROOT / "src" if path.is_relative_to(ROOT / "src") else ROOT)
+    return importlib.import_module(".".join(relative.with_suffix("").parts))
+
+
+def private_uses(path: Path, tree: ast.Module, own: set[str]) -> list[str]:
+    """Private attributes the project does not define (`thing._x`), and, in a class derived from a library's, its
+    bases' private names used or overridden (`self._x`, `super()._x`, `def _x`)."""
+    found = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and is_private(node.attr) and node.attr not in own
+    ]
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    if not classes:
+        return found
+    module = module_of(path)
+    for node in classes:
+        if not isinstance(cls := getattr(module, node.name, None), type):
+            continue
+        privates = library_privates(cls)
+        for inner in ast.walk(node):
+            if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)) and inner.name in privates:
+                found.append(f"{node.name}.{inner.name} overrides a library's")
+            if isinstance(inner, ast.Attribute) and inner.attr in privates:
+                found.append(f"{node.name}: {ast.unparse(inner)}")
+    return found
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_no_module_but_compat_touches_another_library_s_privates(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+
+    found = private_imports(tree) + private_uses(path, tree, own_privates())
+
+    assert found == [], "move it into widgetry.compat, saying why no public API serves"

@@ -1,0 +1,34 @@
+"""The embedded queue's dequeue waits on an in-process event, set by SAQ's enqueue and retry, not on fakeredis's
+BLMOVE (which returns at once)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
+from saq.job import Job
+
+from workers.queue import EmbeddedRedisQueue
+
+WELL_BEFORE_THE_WAKE_TIMEOUT_S = EmbeddedRedisQueue.WAKE_TIMEOUT / 5
+
+
+async def test_a_waiting_dequeue_takes_a_job_as_soon_as_it_is_enqueued_and_again_when_it_is_retried() -> None:
+    queue = EmbeddedRedisQueue(FakeRedis(server=FakeServer()), name="embedded")
+
+    waiting = asyncio.create_task(queue.dequeue())
+    await asyncio.sleep(0)  # the dequeue is waiting on its event
+    enqueued = await queue.enqueue(Job("apply", key="job-1", retries=2))
+    dequeued = await asyncio.wait_for(waiting, WELL_BEFORE_THE_WAKE_TIMEOUT_S)
+
+    waiting = asyncio.create_task(queue.dequeue())
+    await asyncio.sleep(0)
+    assert dequeued is not None
+    await queue.retry(dequeued, "the worker stopped")
+    retried = await asyncio.wait_for(waiting, WELL_BEFORE_THE_WAKE_TIMEOUT_S)
+
+    assert enqueued is not None
+    assert (dequeued.key, dequeued.function) == ("job-1", "apply")
+    assert retried is not None
+    assert (retried.key, retried.error) == ("job-1", "the worker stopped")
