@@ -1,5 +1,5 @@
-"""Command outcomes are counted by listeners that starting the app puts on its own sessions, and by nothing that
-importing a module does."""
+"""What the app wires when it is made, and not when its modules are imported: the listeners that count command
+outcomes, on its own sessions only, and SAQ's logger level."""
 
 from __future__ import annotations
 
@@ -67,22 +67,25 @@ async def test_sessions_of_another_factory_are_not_counted(engine: AsyncEngine) 
     assert counts.fields == {}
 
 
-def test_importing_the_app_and_the_worker_wires_nothing() -> None:
-    """Checked in a fresh interpreter: in this one, other tests have started apps, which configure logging."""
+def test_importing_the_app_and_the_worker_wires_nothing_and_making_the_app_quiets_saq(tmp_path: Path) -> None:
+    """Checked in a fresh interpreter: in this one, other tests have made apps, which configure logging."""
     probe = """
 import logging
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 import widgetry.app, workers.queue, widgetry.observability.outcomes as outcomes
+from widgetry.settings import Settings
 watched = [
     name for name, value in vars(outcomes).items() if callable(value)
     for identifier in ("after_flush", "after_commit", "after_soft_rollback")
     if event.contains(Session, identifier, value)
 ]
 print(logging.getLogger("saq").level, watched)
+widgetry.app.create_app(Settings())
+print(logging.getLogger("saq").level)
 """
     printed = subprocess.run(  # noqa: S603 - our own probe
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60, cwd=tmp_path
     ).stdout
 
-    assert printed == f"{logging.NOTSET} []\n"
+    assert printed.splitlines() == [f"{logging.NOTSET} []", f"{logging.WARNING}"], printed
