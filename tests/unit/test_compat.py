@@ -20,11 +20,11 @@ from litestar.dto import AbstractDTO
 from litestar_saq import SAQPlugin
 from litestar_saq import Worker as LitestarSaqWorker
 
-from tests.support import running
+from tests.support import ROOT, running
+from tests.unit.test_layering import SOURCES, module_of
 from widgetry import compat
-from workers.queue import CommandWorker
+from widgetry.workers.queue import CommandWorker
 
-ROOT = Path(__file__).resolve().parents[2]
 LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy")
 """Whose private names only `compat` may use."""
 
@@ -90,11 +90,7 @@ async def test_adopted_workers_are_the_service_s_and_start_no_heartbeat_manager(
 
 
 def modules() -> list[Path]:
-    return sorted(
-        path
-        for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
-        if path != ROOT / "src" / "widgetry" / "compat.py"
-    )
+    return [path for module, path in SOURCES.items() if module != "widgetry.compat"]
 
 
 def is_private(name: str) -> bool:
@@ -160,11 +156,6 @@ def own_privates() -> set[str]:
     return names
 
 
-def module_of(path: Path) -> object:
-    relative = path.relative_to(ROOT / "src" if path.is_relative_to(ROOT / "src") else ROOT)
-    return importlib.import_module(".".join(relative.with_suffix("").parts))
-
-
 def private_uses(path: Path, tree: ast.Module, own: set[str]) -> list[str]:
     """Private attributes the project does not define (`thing._x`), and, in a class derived from a library's, its
     bases' private names used or overridden (`self._x`, `super()._x`, `def _x`)."""
@@ -176,7 +167,7 @@ def private_uses(path: Path, tree: ast.Module, own: set[str]) -> list[str]:
     classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
     if not classes:
         return found
-    module = module_of(path)
+    module = importlib.import_module(module_of(path))
     for node in classes:
         if not isinstance(cls := getattr(module, node.name, None), type):
             continue

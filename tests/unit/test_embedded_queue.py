@@ -9,7 +9,7 @@ from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 from saq.job import Job
 
-from workers.queue import EmbeddedRedisQueue
+from widgetry.workers.queue import EmbeddedRedisQueue
 
 WELL_BEFORE_THE_WAKE_TIMEOUT_S = EmbeddedRedisQueue.WAKE_TIMEOUT / 5
 

@@ -14,8 +14,6 @@ import pytest
 from fakeredis.aioredis import FakeRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-import widgetry.app  # noqa: F401 - imported for what importing it may do
-import workers.queue  # noqa: F401 - imported for what importing it may do
 from widgetry.domain.commands import CommandStatus
 from widgetry.domain.models import CommandRecord
 from widgetry.observability.counts import Counts
@@ -73,7 +71,7 @@ def test_importing_the_app_and_the_worker_wires_nothing_and_making_the_app_quiet
 import logging
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-import widgetry.app, workers.queue, widgetry.observability.outcomes as outcomes
+import widgetry.app, widgetry.workers.queue, widgetry.observability.outcomes as outcomes
 from widgetry.settings import Settings
 watched = [
     name for name, value in vars(outcomes).items() if callable(value)
