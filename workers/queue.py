@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ from saq.utils import cancel_tasks
 
 from widgetry.compat import adopt_workers
 from widgetry.observability import tracing
+from widgetry.observability.counts import flushing
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.services.unavailable import is_unavailable
@@ -183,15 +185,25 @@ def every(seconds: int) -> str:
     return f"* * * * * */{seconds}"
 
 
-def flush_counts(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """After each job, adds what it counted (commands finished, events published) to the shared metrics: a worker
-    process has nothing else that would, and nobody scrapes it."""
-    counts = connections.counts
+Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
-    async def flush(_ctx: dict[str, Any]) -> None:
-        await counts.flush()
 
-    return flush
+def flush_counts(connections: Connections) -> tuple[Hook, Hook]:
+    """The worker's start and stop hooks that add what its jobs counted (commands finished, events published) to the
+    shared metrics every second and once more as it stops: a worker process has nothing else that would, and nobody
+    scrapes it. Once a second, not after each job: that was a Redis transaction on the path of every command."""
+    key = "widgetry_flushing"
+
+    async def start(ctx: dict[str, Any]) -> None:
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(flushing(connections.counts))
+        ctx[key] = stack
+
+    async def stop(ctx: dict[str, Any]) -> None:
+        if (stack := ctx.pop(key, None)) is not None:
+            await stack.aclose()
+
+    return start, stop
 
 
 def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guard) -> SAQPlugin:
@@ -199,6 +211,7 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
     handed in by the app: the workers know nothing of the API)."""
     settings = connections.settings
     traced = tracing.enabled(settings)
+    start_flushing, stop_flushing = flush_counts(connections)
     plugin = SAQPlugin(
         SAQConfig(
             queue_instances={queue.name: queue},
@@ -222,11 +235,11 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
                     ],
                     concurrency=settings.worker_concurrency,
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
-                    startup=[startup_hook(connections)],
+                    startup=[startup_hook(connections), start_flushing],
+                    shutdown=[stop_flushing],
                     before_process=[tracing.enter_job_span] if traced else [],
                     after_process=[
                         end_failed_command,
-                        flush_counts(connections),
                         *([tracing.leave_job_span] if traced else []),
                     ],
                     timers={"sweep": SWEEP_SECONDS, "worker_info": WORKER_INFO_INTERVAL_S},
