@@ -15,7 +15,7 @@ from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityErr
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, insert, null, select, update
+from sqlalchemy import bindparam, delete, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
@@ -47,6 +47,15 @@ logger = logging.getLogger(__name__)
 
 ACCEPT_COLUMNS = ("id", "type", "sku", "seq", "payload", "status", "accepted_at")
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+
+PENDING_COMMANDS = (
+    select(CommandRecord)
+    # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
+    .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
+    .order_by(CommandRecord.sku, CommandRecord.seq)
+)
+HEADS = WidgetHead.__table__
+MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
 
 
 class Submission(msgspec.Struct, frozen=True):
@@ -218,12 +227,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         if not behind:
             await self.session.rollback()
             return
-        pending = await self.session.scalars(
-            select(CommandRecord)
-            # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
-            .where(CommandRecord.sku.in_(behind), CommandRecord.status.in_(UNFINISHED))
-            .order_by(CommandRecord.sku, CommandRecord.seq)
-        )
+        pending = await self.session.scalars(PENDING_COMMANDS, {"skus": sorted(behind)})
         widgets = WidgetService(session=self.session)
         current = await widgets.current(behind)
         for record in pending.all():
@@ -232,9 +236,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
                 apply = self._apply_carefully if careful else self._apply_one
                 if (event := await apply(widgets, current, record)) is not None:
                     self.session.add(event)
-        await self.session.execute(
-            update(WidgetHead), [{"sku": sku, "applied_seq": seq} for sku, seq in sorted(behind.items())]
-        )
+        await self.session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(behind.items())])
         await self.session.commit()
 
     async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord | None:

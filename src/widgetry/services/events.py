@@ -4,17 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
 from widgetry.domain.models import EventRecord
 from widgetry.services.heads import lock_heads
 
 Publish = Callable[[Sequence[EventRecord]], Awaitable[list[str]]]
-"""Puts events on the stream in the order given and returns their stream ids."""
+"""Puts events on the stream in the order given and returns their stream ids. The outbox hands it rows read with
+Core (the events table's columns, by attribute, as on a record): no ORM identity map on the path of every event."""
+
+EVENTS = EventRecord.__table__
+PENDING_FOR_SKUS = (
+    select(EVENTS)
+    .where(EVENTS.c.sku.in_(bindparam("skus", expanding=True)), EVENTS.c.stream_id.is_(None))
+    .order_by(EVENTS.c.id)
+)
+PENDING_FOR_COMMAND = (
+    select(EVENTS)
+    .where(EVENTS.c.command_id == bindparam("command_id"), EVENTS.c.sku.is_(None), EVENTS.c.stream_id.is_(None))
+    .order_by(EVENTS.c.id)
+)
+RECORD_STREAM_IDS = update(EVENTS).where(EVENTS.c.id == bindparam("row")).values(stream_id=bindparam("stream_id"))
 
 
 class EventRepository(SQLAlchemyAsyncRepository[EventRecord]):
@@ -32,37 +47,26 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
         and one update for the lot, however many skus a batch of commands touched.
         """
         session = self.repository.session
-        await lock_heads(session, skus)
-        pending = list(
-            await session.scalars(
-                select(EventRecord)
-                .where(EventRecord.sku.in_(sorted(set(skus))), EventRecord.stream_id.is_(None))
-                .order_by(EventRecord.id)
-            )
-        )
+        ordered = sorted(set(skus))
+        await lock_heads(session, ordered)
+        pending = list(await session.execute(PENDING_FOR_SKUS, {"skus": ordered}))
         return await self._publish(pending, publish)
 
     async def publish_command_events(self, command_id: UUID, publish: Publish) -> int:
         """Publishes a command's own unpublished events (an import's progress and its outcome) in commit order. They
         have no sku, so no head row orders them: one job writes them one after another, and the publisher puts each
         event on the stream once however many publishers race for it."""
-        pending = list(
-            await self.repository.session.scalars(
-                select(EventRecord)
-                .where(EventRecord.command_id == command_id, EventRecord.sku.is_(None), EventRecord.stream_id.is_(None))
-                .order_by(EventRecord.id)
-            )
-        )
+        pending = list(await self.repository.session.execute(PENDING_FOR_COMMAND, {"command_id": command_id}))
         return await self._publish(pending, publish)
 
-    async def _publish(self, pending: list[EventRecord], publish: Publish) -> int:
+    async def _publish(self, pending: list[Any], publish: Publish) -> int:
         session = self.repository.session
         if pending:
             stream_ids = await publish(pending)
             await session.execute(
-                update(EventRecord),
+                RECORD_STREAM_IDS,
                 [
-                    {"id": event.id, "stream_id": stream_id}
+                    {"row": event.id, "stream_id": stream_id}
                     for event, stream_id in zip(pending, stream_ids, strict=True)
                 ],
             )

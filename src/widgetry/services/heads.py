@@ -5,12 +5,24 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from widgetry.domain.models import WidgetHead
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+LOCK_HEADS = (
+    select(WidgetHead.sku, WidgetHead.applied_seq)
+    .where(WidgetHead.sku.in_(bindparam("skus", expanding=True)))
+    .order_by(WidgetHead.sku)
+    .with_for_update()
+)
+TAKE_SQLITE_WRITE_LOCK = (
+    update(WidgetHead)
+    .where(WidgetHead.sku.in_(bindparam("skus", expanding=True)))
+    .values(applied_seq=WidgetHead.applied_seq)
+)
 
 
 async def lock_head(session: AsyncSession, sku: str) -> int:
@@ -26,15 +38,8 @@ async def lock_heads(session: AsyncSession, skus: Collection[str]) -> dict[str, 
     cannot deadlock. SQLite ignores FOR UPDATE and lets one writer in at a time: a no-op write takes that lock
     first, since its deferred transactions would otherwise let two appliers read the same `applied_seq`.
     """
-    ordered = sorted(set(skus))
+    ordered = {"skus": sorted(set(skus))}
     if session.bind.dialect.name == "sqlite":
-        await session.execute(
-            update(WidgetHead).where(WidgetHead.sku.in_(ordered)).values(applied_seq=WidgetHead.applied_seq)
-        )
-    rows = await session.execute(
-        select(WidgetHead.sku, WidgetHead.applied_seq)
-        .where(WidgetHead.sku.in_(ordered))
-        .order_by(WidgetHead.sku)
-        .with_for_update()
-    )
+        await session.execute(TAKE_SQLITE_WRITE_LOCK, ordered, execution_options={"synchronize_session": False})
+    rows = await session.execute(LOCK_HEADS, ordered)
     return dict(rows.tuples().all())
