@@ -63,30 +63,49 @@ async def apply_commands(ctx: dict[str, Any], *, command_ids: list[str]) -> None
 class CommandApplier:
     """A worker process's jobs, applied with a group commit: jobs that start while a batch is being applied join
     the next one. When the worker falls behind, its concurrent jobs (up to its concurrency) go into one transaction
-    and one publish, so it catches up; a job alone is applied at once, alone."""
+    and one publish, so it catches up; a job alone is applied at once, alone.
+
+    Applying and publishing are two group commits in a row, so they overlap: while one batch's events are published,
+    the next batch is applied. A job ends once its events are published (or fails, to be run again, if they could
+    not be). Order on the stream is kept by the heads: a publish locks its skus' heads and puts every unpublished
+    event of theirs on the stream in commit order, whichever batch wrote them."""
 
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
-        self._batches: GroupCommit[list[UUID], None] = GroupCommit(
+        self._applies: GroupCommit[list[UUID], list[str]] = GroupCommit(
             self._apply, max_items=APPLY_JOBS_PER_BATCH, name="widgetry-apply"
+        )
+        self._publishes: GroupCommit[list[str], None] = GroupCommit(
+            self._publish, max_items=APPLY_JOBS_PER_BATCH, name="widgetry-publish"
         )
 
     async def apply(self, command_ids: list[UUID]) -> None:
-        await self._batches.submit(command_ids)
+        skus = await self._applies.submit(command_ids)
+        if skus:
+            await self._publishes.submit(skus)
 
-    async def _apply(self, jobs: list[list[UUID]]) -> list[Exception | None]:
-        await apply_and_publish(self._connections, [command_id for command_ids in jobs for command_id in command_ids])
+    async def _apply(self, jobs: list[list[UUID]]) -> list[list[str] | Exception]:
+        skus = await apply_batch(self._connections, [command_id for command_ids in jobs for command_id in command_ids])
+        return [skus] * len(jobs)
+
+    async def _publish(self, jobs: list[list[str]]) -> list[Exception | None]:
+        await publish_pending(self._connections, sorted({sku for skus in jobs for sku in skus}))
         return [None] * len(jobs)
 
 
-async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
+async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list[str]:
+    """Claims and applies the commands (see `CommandService.apply_many`); returns the skus whose events are then to
+    be published."""
     autocommit = autocommit_engine(connections.alchemy.get_engine())
     targets = await claim(autocommit, command_ids) if autocommit is not None else None
     if targets == {}:
-        return
+        return []
     async with connections.alchemy.get_session() as session:
-        skus = await CommandService(session=session).apply_many(command_ids, targets)
-    await publish_pending(connections, skus)
+        return await CommandService(session=session).apply_many(command_ids, targets)
+
+
+async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
+    await publish_pending(connections, await apply_batch(connections, command_ids))
 
 
 async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
