@@ -209,6 +209,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         async with flushing(connections.counts):
             yield
     finally:
+        await app.state.intake.drain()
         # Litestar leaves lifespan managers before it runs the plugins' shutdown hooks: stop the in-process worker
         # here, before the connections it uses are closed.
         for worker in app.plugins.get(SAQPlugin).get_workers().values():

@@ -51,6 +51,12 @@ async def test_ready_stays_ready_without_external_workers_and_says_so(
     app = create_app(Settings(api_keys=(API_KEY,), workers=WorkerMode.EXTERNAL))
     async with serve(app) as client:
         accepted = await client.post("/widgets", json={"sku": "R-1", "name": "r", "price_cents": 1}, headers=AUTH)
+
+        async def queued() -> bool:
+            # The command is queued as its request is answered, not before: the answer waits only for the record.
+            return (await client.get("/ready")).json()["queue"]["queued"] == 1
+
+        await eventually(queued, 5, "the command's job on the queue")
         response = await client.get("/ready")
 
     assert accepted.status_code == 202

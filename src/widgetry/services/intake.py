@@ -57,20 +57,33 @@ class CommandIntake:
         self._settings = settings
         self._batches = GroupCommit(self._record_and_queue, max_items=MAX_BATCH, name="widgetry-intake")
         self._autocommit = autocommit_engine(alchemy.get_engine())
+        self._queueing: set[asyncio.Task[None]] = set()
 
     async def accept(self, submission: Submission) -> CommandRecord:
         """Records the command (committed) and queues it; returns its record."""
         return await self._batches.submit(submission)
 
     async def _record_and_queue(self, batch: list[Submission]) -> list[CommandRecord | Exception]:
+        """Records the batch, and queues it while its requests are answered: durable is what a client is promised
+        (a command recorded and not queued is queued by the recovery pass), so nobody waits on Redis, and the next
+        batch is recorded while this one is queued."""
         outcomes = await self._record(batch)
-        recorded = [outcome.id for outcome in outcomes if not isinstance(outcome, Exception)]
-        try:
-            await enqueue(self._queue, self._settings, recorded)
-        except Exception:
-            # Recorded is what the client is promised; the recovery pass queues what was not.
-            logger.exception("%d commands recorded, not queued: left to the recovery pass", len(recorded))
+        if recorded := [outcome.id for outcome in outcomes if not isinstance(outcome, Exception)]:
+            task = asyncio.create_task(self._queue_recorded(recorded), name="widgetry-enqueue")
+            self._queueing.add(task)
+            task.add_done_callback(self._queueing.discard)
         return outcomes
+
+    async def _queue_recorded(self, command_ids: list[UUID]) -> None:
+        try:
+            await enqueue(self._queue, self._settings, command_ids)
+        except Exception:
+            logger.exception("%d commands recorded, not queued: left to the recovery pass", len(command_ids))
+
+    async def drain(self) -> None:
+        """Waits for the batches still being queued: as the process stops, before its Redis client closes."""
+        while self._queueing:
+            await asyncio.gather(*self._queueing, return_exceptions=True)
 
     async def _record(self, batch: list[Submission]) -> list[CommandRecord | Exception]:
         """Records the batch in one transaction. A database that is down fails them all (a 503 each); something
