@@ -17,7 +17,7 @@ from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, claim
 from widgetry.services.events import EventService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
-from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, dispatch, dispatch_import
+from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
 from widgetry.services.queries.commands import autocommit_engine
 
 if TYPE_CHECKING:
@@ -239,10 +239,7 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
     for record in unfinished:
         if record.recoveries >= MAX_RECOVERIES:
             await give_up(connections, record)
-        elif record.type == IMPORT_TYPE:
-            if await dispatch_import(queue, connections.settings, record.id):
-                requeued.append(record.id)
-        elif await dispatch(queue, connections.settings, [record.id]):
+        elif await enqueue(queue, connections.settings, [record]):
             requeued.append(record.id)
     if requeued:
         async with connections.alchemy.get_session() as session:

@@ -28,7 +28,7 @@ from widgetry.migrating import upgrade_if_behind
 from widgetry.observability.logs import uvicorn_log_config
 from widgetry.services.commands import CommandService, RetryRefused
 from widgetry.services.events import EventService
-from widgetry.services.intake import dispatch
+from widgetry.services.intake import enqueue
 from widgetry.services.keys import DEFAULT_SCOPES, ApiKeyService, KeyNameTaken, KeyNotFound
 from widgetry.services.unavailable import is_unavailable
 
@@ -290,7 +290,7 @@ def retry_command(app: Litestar, command_id: UUID) -> None:
 
         try:
             with anyio.fail_after(QUEUE_TIMEOUT_S):
-                await dispatch(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, [record.id])
+                await enqueue(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, [record])
         except Exception as error:
             if not is_unavailable(error):
                 raise

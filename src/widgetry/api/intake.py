@@ -22,7 +22,7 @@ from widgetry.domain.models import CommandRecord
 from widgetry.observability import outcomes
 from widgetry.services.commands import UNFINISHED, CommandService, Submission
 from widgetry.services.imports import ImportService
-from widgetry.services.intake import CommandIntake, enqueue, enqueue_import
+from widgetry.services.intake import CommandIntake, enqueue_or_leave_to_recovery
 from widgetry.streaming.hub import EventHub
 
 MAX_WAIT_S = 30
@@ -89,7 +89,7 @@ class Intake:
                     )
                 if not created:
                     return replay_response(record)
-                await enqueue(self._queue, self._connections.settings, [record.id])
+                await enqueue_or_leave_to_recovery(self._queue, self._connections.settings, [record])
             outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 
@@ -103,7 +103,7 @@ class Intake:
                 )
             if not created:
                 return replay_response(record)
-            await enqueue_import(self._queue, self._connections.settings, record.id)
+            await enqueue_or_leave_to_recovery(self._queue, self._connections.settings, [record])
             outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from uuid import UUID
 
 from widgetry.domain.commands import command_type, encode_command
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, Submission
+from widgetry.services.imports import IMPORT_TYPE
 from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
 from widgetry.services.unavailable import is_unavailable
 
@@ -68,17 +68,17 @@ class CommandIntake:
         (a command recorded and not queued is queued by the recovery pass), so nobody waits on Redis, and the next
         batch is recorded while this one is queued."""
         outcomes = await self._record(batch)
-        if recorded := [outcome.id for outcome in outcomes if not isinstance(outcome, Exception)]:
+        if recorded := [outcome for outcome in outcomes if not isinstance(outcome, Exception)]:
             task = asyncio.create_task(self._queue_recorded(recorded), name="widgetry-enqueue")
             self._queueing.add(task)
             task.add_done_callback(self._queueing.discard)
         return outcomes
 
-    async def _queue_recorded(self, command_ids: list[UUID]) -> None:
+    async def _queue_recorded(self, records: list[CommandRecord]) -> None:
         try:
-            await enqueue(self._queue, self._settings, command_ids)
+            await enqueue_or_leave_to_recovery(self._queue, self._settings, records)
         except Exception:
-            logger.exception("%d commands recorded, not queued: left to the recovery pass", len(command_ids))
+            logger.exception("%d commands recorded, not queued: left to the recovery pass", len(records))
 
     async def drain(self) -> None:
         """Waits for the batches still being queued: as the process stops, before its Redis client closes."""
@@ -122,60 +122,55 @@ class CommandIntake:
         return [submission.record(accepted_at) for submission in batch]
 
 
-async def enqueue(queue: Queue, settings: Settings, command_ids: Sequence[UUID]) -> None:
-    """Queues recorded commands as one job. A queue that is down or slow loses nothing: the record is the source of
-    truth, and the recovery pass queues unfinished commands again; the client is not kept waiting on Redis."""
-    if command_ids:
-        await _queue_or_leave_to_recovery(dispatch(queue, settings, command_ids), f"{len(command_ids)} commands")
+async def enqueue(queue: Queue, settings: Settings, commands: Sequence[CommandRecord]) -> bool:
+    """Queues recorded commands as one job, keyed by the first command's id, so queueing a command twice on its own
+    queues it once; says whether a job was queued (`False`: one with that key was already waiting or running).
+
+    An import is one kind of command: queued alone, its job (`import_widgets`) applies its rows in batches and has no
+    fixed timeout, only a heartbeat, since each batch is progress. Any other commands are applied together
+    (`apply_commands`). Either job is retried (each run goes on where the last one stopped: the sku fences stop a
+    re-run). SAQ's defaults are not safe here: `retries=1` means a single attempt, and a job whose worker is killed
+    is only re-run when it has `retries >= 2` and a `timeout`; both are set deliberately.
+    """
+    first = commands[0]
+    if first.type == IMPORT_TYPE:
+        if len(commands) > 1:
+            raise ValueError("an import is queued alone")
+        job = await queue.enqueue(
+            IMPORT_WIDGETS,
+            key=str(first.id),
+            command_id=str(first.id),
+            retries=settings.job_attempts,
+            timeout=0,
+            heartbeat=IMPORT_HEARTBEAT_S,
+            retry_delay=RETRY_DELAY_S,
+            retry_backoff=MAX_RETRY_DELAY_S,
+            ttl=600,
+        )
+    else:
+        job = await queue.enqueue(
+            APPLY_COMMANDS,
+            key=str(first.id),
+            command_ids=[str(command.id) for command in commands],
+            retries=settings.job_attempts,
+            timeout=settings.job_timeout_seconds,
+            retry_delay=RETRY_DELAY_S,
+            retry_backoff=MAX_RETRY_DELAY_S,
+            ttl=600,
+        )
+    return job is not None
 
 
-async def enqueue_import(queue: Queue, settings: Settings, import_id: UUID) -> None:
-    """Queues an import's job; like `enqueue`, a queue that is down leaves the import to the recovery pass."""
-    await _queue_or_leave_to_recovery(dispatch_import(queue, settings, import_id), f"import {import_id}")
-
-
-async def _queue_or_leave_to_recovery(queueing: Awaitable[bool], what: str) -> None:
+async def enqueue_or_leave_to_recovery(queue: Queue, settings: Settings, commands: Sequence[CommandRecord]) -> None:
+    """`enqueue`, for a request whose commands are recorded: a queue that is down or slow loses nothing (the record is
+    the source of truth, and the recovery pass queues unfinished commands again), so the client is not kept waiting
+    on Redis for more than `ENQUEUE_TIMEOUT_S`, nor failed for it."""
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await queueing
+            await enqueue(queue, settings, commands)
     except Exception as error:
         if not is_unavailable(error):
             raise
-        logger.warning("%s recorded but not queued (%r); the recovery pass will queue them", what, error)
-
-
-async def dispatch_import(queue: Queue, settings: Settings, import_id: UUID) -> bool:
-    """Queues the job that runs an import, keyed by its id. Retried like any apply job: each attempt goes on where
-    the last one stopped, since rows already applied are finished."""
-    job = await queue.enqueue(
-        IMPORT_WIDGETS,
-        key=str(import_id),
-        command_id=str(import_id),
-        retries=settings.job_attempts,
-        timeout=0,
-        heartbeat=IMPORT_HEARTBEAT_S,
-        retry_delay=RETRY_DELAY_S,
-        retry_backoff=MAX_RETRY_DELAY_S,
-        ttl=600,
-    )
-    return job is not None
-
-
-async def dispatch(queue: Queue, settings: Settings, command_ids: Sequence[UUID]) -> bool:
-    """Queues the job that applies commands; keyed by the first command's id, so queueing a command twice on its
-    own queues it once. Says whether a job was queued (`False`: one with that key was already waiting or running).
-
-    SAQ's defaults are not safe here: `retries=1` means a single attempt, and a job whose worker is killed is
-    only re-run when it has `retries >= 2` and a `timeout`. Both are set deliberately.
-    """
-    job = await queue.enqueue(
-        APPLY_COMMANDS,
-        key=str(command_ids[0]),
-        command_ids=[str(command_id) for command_id in command_ids],
-        retries=settings.job_attempts,
-        timeout=settings.job_timeout_seconds,
-        retry_delay=RETRY_DELAY_S,
-        retry_backoff=MAX_RETRY_DELAY_S,
-        ttl=600,
-    )
-    return job is not None
+        logger.warning(
+            "%d commands recorded but not queued (%r); the recovery pass will queue them", len(commands), error
+        )
