@@ -19,6 +19,8 @@ from widgetry.services.events import EventService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
 from widgetry.services.queries.commands import autocommit_engine
+from widgetry.services.unavailable import is_unavailable
+from widgetry.services.units import unit_of_work
 
 if TYPE_CHECKING:
     from saq.job import Job
@@ -96,12 +98,27 @@ class CommandApplier:
 async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list[str]:
     """Claims and applies the commands (see `CommandService.apply_many`); returns the skus whose events are then to
     be published."""
-    autocommit = autocommit_engine(connections.alchemy.get_engine())
-    targets = await claim(autocommit, command_ids) if autocommit is not None else None
-    if targets == {}:
+    alchemy = connections.alchemy
+    if (autocommit := autocommit_engine(alchemy.get_engine())) is not None:
+        targets = await claim(autocommit, command_ids)
+    else:
+        async with unit_of_work(alchemy) as session:
+            targets = await CommandService(session=session).claim(command_ids)
+    if not targets:
         return []
-    async with connections.alchemy.get_session() as session:
-        return await CommandService(session=session).apply_many(command_ids, targets)
+    try:
+        async with unit_of_work(alchemy) as session:
+            return await CommandService(session=session).apply_many(targets)
+    except Exception as error:
+        if is_unavailable(error):
+            raise
+        # Something in the batch the database refused, or a bug: its transaction is gone; apply the batch again with
+        # each command in a savepoint of its own, so the one at fault fails alone and leaves nothing of itself.
+        logger.warning(
+            "a batch of %d commands failed to apply together (%r): applying one at a time", len(command_ids), error
+        )
+        async with unit_of_work(alchemy) as session:
+            return await CommandService(session=session).apply_many(targets, careful=True)
 
 
 async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
@@ -119,23 +136,23 @@ async def import_widgets(ctx: dict[str, Any], *, command_id: str) -> None:
     with the rows still unfinished."""
     connections: Connections = ctx["connections"]
     import_id = UUID(command_id)
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         if not await ImportService(session=session).start(import_id):
             return
     after = ""
     while True:
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             rows = await ImportService(session=session).pending_rows(import_id, after, IMPORT_BATCH)
         if not rows:
             break
         await apply_and_publish(connections, [row_id for row_id, _ in rows])
         after = rows[-1][1]
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             await ImportService(session=session).record_progress(import_id)
         await publish_command_events(connections, import_id)
         if (job := ctx.get("job")) is not None:
             await job.update()  # the heartbeat: this import is alive and moving
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         finished = await ImportService(session=session).finish(import_id)
     await publish_command_events(connections, import_id)
     if not finished:
@@ -171,7 +188,7 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
     for command_id in _job_command_ids(job):
         # Should the database still be down, this raises and the commands stay accepted: the recovery pass queues
         # them again later, which is what a command deserves when nothing was wrong with it.
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             sku = await CommandService(session=session).mark_failed(UUID(command_id), failure)
         if sku is not None:  # not when the command had succeeded and only publishing its event failed
             logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
@@ -180,20 +197,20 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
 
 
 async def fail_import(connections: Connections, import_id: UUID, failure: CommandFailed) -> None:
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         await ImportService(session=session).fail(import_id, failure)
     await publish_command_events(connections, import_id)
 
 
 async def publish_command_events(connections: Connections, command_id: UUID) -> None:
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         await EventService(session=session).publish_command_events(command_id, observed(connections))
 
 
 async def publish_pending(connections: Connections, skus: Collection[str]) -> None:
     if not skus:
         return
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         await EventService(session=session).publish_pending(skus, observed(connections))
 
 
@@ -202,7 +219,7 @@ async def relay_unpublished(ctx: dict[str, Any]) -> int:
     A cron job; the publisher puts an event on the stream at most once, so racing a worker's publish is safe."""
     connections: Connections = ctx["connections"]
     committed_before = datetime.now(UTC) - _grace(connections)
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         events = EventService(session=session)
         skus = await events.skus_with_unpublished(committed_before, limit=RECOVERY_BATCH)
         commands = await events.commands_with_unpublished(committed_before, limit=RECOVERY_BATCH)
@@ -233,7 +250,7 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
     Each time a command's job had to be queued anew is counted; one queued `MAX_RECOVERIES` times and still not
     finished (its job keeps dying with its worker, say) ends `failed` instead of going round for ever.
     """
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         unfinished = await CommandService(session=session).unfinished(accepted_before, limit=RECOVERY_BATCH)
     requeued: list[UUID] = []
     for record in unfinished:
@@ -242,7 +259,7 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
         elif await enqueue(queue, connections.settings, [record]):
             requeued.append(record.id)
     if requeued:
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             await CommandService(session=session).count_recoveries(requeued)
         logger.info("re-queued %d unfinished commands", len(requeued))
     return len(requeued)
@@ -255,7 +272,7 @@ async def give_up(connections: Connections, record: CommandRecord) -> None:
     if record.type == IMPORT_TYPE:
         await fail_import(connections, command_id, failure)
         return
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         sku = await CommandService(session=session).mark_failed(command_id, failure)
     await publish_pending(connections, [sku] if sku else [])
 
@@ -264,7 +281,7 @@ async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
     """Forgets finished commands and published events older than the retention period (a cron job)."""
     connections: Connections = ctx["connections"]
     cutoff = datetime.now(UTC) - timedelta(days=connections.settings.command_retention_days)
-    async with connections.alchemy.get_session() as session:
+    async with unit_of_work(connections.alchemy) as session:
         commands = await CommandService(session=session).purge_finished_before(cutoff)
         events = await EventService(session=session).purge_published_before(cutoff)
     return {"commands": commands, "events": events}

@@ -31,6 +31,7 @@ from widgetry.services.events import EventService
 from widgetry.services.intake import enqueue
 from widgetry.services.keys import DEFAULT_SCOPES, ApiKeyService, KeyNameTaken, KeyNotFound
 from widgetry.services.unavailable import is_unavailable
+from widgetry.services.units import unit_of_work
 
 if TYPE_CHECKING:
     import uvicorn
@@ -277,7 +278,7 @@ def retry_command(app: Litestar, command_id: UUID) -> None:
     settings: Settings = app.state.settings
 
     async def retry(connections: Connections) -> list[str]:
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             try:
                 record = await CommandService(session=session).retry(command_id)
             except RetryRefused as refused:
@@ -378,7 +379,7 @@ def create_key(app: Litestar, name: str | None, scopes: tuple[str, ...]) -> None
     """NAME says what the key is for [default: key-<fingerprint>]."""
 
     async def create(connections: Connections) -> tuple[ApiKey, str]:
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             try:
                 return await ApiKeyService(session=session).issue(name, frozenset(map(Scope, scopes)) or DEFAULT_SCOPES)
             except KeyNameTaken as taken:
@@ -429,7 +430,7 @@ def revoke_key(app: Litestar, key: str) -> None:
     settings: Settings = app.state.settings
 
     async def revoke(connections: Connections) -> ApiKey:
-        async with connections.alchemy.get_session() as session:
+        async with unit_of_work(connections.alchemy) as session:
             try:
                 return await ApiKeyService(session=session).revoke(key)
             except KeyNotFound as missing:

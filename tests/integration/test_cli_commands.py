@@ -26,6 +26,7 @@ from widgetry.app import create_app
 from widgetry.domain.models import CommandRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import CommandService
+from widgetry.services.units import unit_of_work
 from widgetry.settings import Settings
 from widgetry.workers.jobs import publish_pending
 
@@ -69,7 +70,7 @@ async def unqueued(client: httpx.AsyncClient, app: Litestar, method: str, path: 
 async def spent(client: httpx.AsyncClient, app: Litestar, method: str, path: str, body: Any = None) -> str:
     """A command that ended `failed` with an `internal` problem, as after its job's attempts were spent."""
     command_id = await unqueued(client, app, method, path, body)
-    async with app.state.connections.alchemy.get_session() as session:
+    async with unit_of_work(app.state.connections.alchemy) as session:
         sku = await CommandService(session=session).mark_failed(UUID(command_id), CommandFailed(SPENT))
     await publish_pending(app.state.connections, [sku] if sku else [])
     return command_id

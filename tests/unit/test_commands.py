@@ -19,6 +19,7 @@ from widgetry.app import create_app
 from widgetry.domain.problems import CommandFailed
 from widgetry.services import commands as command_service
 from widgetry.services.commands import CommandService
+from widgetry.services.units import unit_of_work
 from widgetry.settings import Settings
 from widgetry.workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
 
@@ -234,7 +235,7 @@ async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_ap
     with monkeypatch.context() as patched:
         patched.setattr(queue, "enqueue", redis_down)
         stuck = await client.patch("/widgets/SPR-1", json={"name": "Never"}, headers=AUTH)
-    async with app.state.connections.alchemy.get_session() as session:
+    async with unit_of_work(app.state.connections.alchemy) as session:
         sku = await CommandService(session=session).mark_failed(UUID(stuck.json()["id"]), CommandFailed("spent"))
     await publish_pending(app.state.connections, [sku] if sku else [])
 
@@ -250,7 +251,7 @@ async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_ap
 async def test_marking_an_applied_command_failed_changes_nothing(client: httpx.AsyncClient, app: Litestar) -> None:
     command = await create(client)
 
-    async with app.state.connections.alchemy.get_session() as session:
+    async with unit_of_work(app.state.connections.alchemy) as session:
         await CommandService(session=session).mark_failed(UUID(command["id"]), CommandFailed("too late"))
 
     assert (await client.get(f"/commands/{command['id']}")).json()["status"] == "succeeded"

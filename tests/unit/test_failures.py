@@ -18,7 +18,8 @@ from tests.unit.state import CommandRecord, outbox, widget_row
 from widgetry.domain.commands import CreateWidget, UpdateWidget
 from widgetry.services import commands as command_service
 from widgetry.services.commands import CommandService
-from widgetry.workers.jobs import MAX_RECOVERIES, requeue_unfinished
+from widgetry.services.units import unit_of_work
+from widgetry.workers.jobs import MAX_RECOVERIES, apply_batch, requeue_unfinished
 
 
 async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_commands_still_apply(
@@ -81,12 +82,12 @@ async def test_a_job_whose_command_a_later_job_already_applied_changes_nothing(
     client: httpx.AsyncClient, app: Litestar
 ) -> None:
     """Batching in action: the second command's job applies both, the first's then finds nothing to do."""
-    async with app.state.connections.alchemy.get_session() as session:
+    async with unit_of_work(app.state.connections.alchemy) as session:
         service = CommandService(session=session)
         first, _ = await service.accept("ORDER-1", CreateWidget(values={"name": "One", "price_cents": 1}))
         second, _ = await service.accept("ORDER-1", UpdateWidget(changes={"price_cents": 2}))
-        assert await service.apply(second.id) == "ORDER-1"
-        assert await service.apply(first.id) == "ORDER-1"
+    assert await apply_batch(app.state.connections, [second.id]) == ["ORDER-1"]
+    assert await apply_batch(app.state.connections, [first.id]) == ["ORDER-1"]
 
     row = await widget_row(app, "ORDER-1")
     assert row is not None

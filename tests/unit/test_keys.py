@@ -30,6 +30,7 @@ from widgetry.app import create_app
 from widgetry.connections import build_alchemy
 from widgetry.domain.models import ApiKey, Scope
 from widgetry.services.keys import DEFAULT_SCOPES, KEY_PREFIX, ApiKeyService, KeyNotFound, digest
+from widgetry.services.units import unit_of_work
 from widgetry.settings import Settings
 
 TTL_S = 0.5
@@ -50,13 +51,13 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def issue(app: Litestar, name: str, scopes: frozenset[Scope] = DEFAULT_SCOPES) -> str:
-    async with app.state.connections.alchemy.get_session() as session:
+    async with unit_of_work(app.state.connections.alchemy) as session:
         _, key = await ApiKeyService(session=session).issue(name, scopes)
     return key
 
 
 async def revoke(app: Litestar, name_or_prefix: str) -> ApiKey:
-    async with app.state.connections.alchemy.get_session() as session:
+    async with unit_of_work(app.state.connections.alchemy) as session:
         return await ApiKeyService(session=session).revoke(name_or_prefix)
 
 

@@ -23,6 +23,7 @@ from widgetry.observability import outcomes
 from widgetry.services.commands import UNFINISHED, CommandService, Submission
 from widgetry.services.imports import ImportService
 from widgetry.services.intake import CommandIntake, enqueue_or_leave_to_recovery
+from widgetry.services.units import unit_of_work
 from widgetry.streaming.hub import EventHub
 
 MAX_WAIT_S = 30
@@ -83,7 +84,7 @@ class Intake:
             if self._idempotency_key is None:
                 record = await self._intake.accept(submission)
             else:
-                async with self._connections.alchemy.get_session() as session:
+                async with unit_of_work(self._connections.alchemy) as session:
                     record, created = await CommandService(session=session).accept(
                         sku, command, self._idempotency_key, command_id=submission.id
                     )
@@ -97,7 +98,7 @@ class Intake:
         """Records an import with its rows (one transaction) and queues its job; answers as `submit` does."""
         import_id = uuid7()
         async with self._hub.watch_command(str(import_id), IMPORT_OUTCOMES) as finished:
-            async with self._connections.alchemy.get_session() as session:
+            async with unit_of_work(self._connections.alchemy) as session:
                 record, created = await ImportService(session=session).accept_import(
                     parsed.rows, parsed.rejected, self._idempotency_key, command_id=import_id
                 )

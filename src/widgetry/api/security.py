@@ -18,6 +18,7 @@ from litestar.types import Guard
 
 from widgetry.domain.models import Scope
 from widgetry.services.keys import ApiKeyService, digest
+from widgetry.services.units import unit_of_work
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -121,7 +122,7 @@ class ApiKeys:
             return stored[1]
         if (refused := self._refused.get(fingerprint)) is not None and now < refused:
             return None
-        async with self._alchemy.get_session() as session:
+        async with unit_of_work(self._alchemy) as session:
             scopes = await ApiKeyService(session=session).check(fingerprint)
         now = time.monotonic()
         if scopes is not None:

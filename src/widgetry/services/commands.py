@@ -97,32 +97,35 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
     async def accept(
         self, sku: str, command: Command, idempotency_key: str | None = None, command_id: UUID | None = None
     ) -> tuple[CommandRecord, bool]:
-        """Records the command with the next sequence number of its sku, and commits before anyone is told.
+        """Records the command with the next sequence number of its sku (the caller commits before anyone is told).
 
         With an idempotency key already used for the same command, returns that command instead (and `False`):
-        concurrent twins race to the key's unique index, and the losers get the winner's command.
+        concurrent twins race to the key's unique index, and the losers get the winner's command. The insert is in a
+        savepoint, so a loser's transaction goes on to read the winner's.
         """
         payload = dump_command(command)
         fingerprint = command_fingerprint(command_type(command), sku, payload) if idempotency_key else None
         if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
             return original, False
         try:
-            record = await self.create(
-                CommandRecord(
-                    id=command_id or uuid7(),
-                    type=command_type(command),
-                    sku=sku,
-                    seq=await self._next_seq(sku),
-                    payload=payload,
-                    status=CommandStatus.ACCEPTED.value,
-                    accepted_at=datetime.now(UTC),
-                    idempotency_key=idempotency_key,
-                    fingerprint=fingerprint,
+            async with self.session.begin_nested():
+                record = await self.create(
+                    CommandRecord(
+                        id=command_id or uuid7(),
+                        type=command_type(command),
+                        sku=sku,
+                        seq=await self._next_seq(sku),
+                        payload=payload,
+                        status=CommandStatus.ACCEPTED.value,
+                        accepted_at=datetime.now(UTC),
+                        idempotency_key=idempotency_key,
+                        fingerprint=fingerprint,
+                    )
                 )
-            )
-            await self.session.commit()
-        except (IntegrityError, RepositoryIntegrityError):
-            await self.session.rollback()
+        except (IntegrityError, RepositoryIntegrityError) as error:
+            # A connection lost mid-insert is reported as an integrity error too: the transaction is gone with it.
+            if is_unavailable(error):
+                raise
             if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
                 return original, False
             raise
@@ -130,8 +133,8 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
 
     async def accept_many(self, submissions: Sequence[Submission]) -> list[CommandRecord]:
         """Records commands submitted together (intake's group commit) in one transaction, in the order given:
-        each sku's counter is bumped once for all of its commands, the commands are inserted in one statement,
-        and one commit makes them all durable before anyone is told."""
+        each sku's counter is bumped once for all of its commands, and the commands are inserted in one statement
+        (the caller's commit makes them all durable before anyone is told)."""
         last_seqs = await self._next_seqs(Counter(submission.sku for submission in submissions))
         next_seq = {sku: last - count + 1 for sku, (last, count) in last_seqs.items()}
         accepted_at = datetime.now(UTC)
@@ -146,7 +149,6 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             insert(CommandRecord),
             [{column: getattr(record, column) for column in ACCEPT_COLUMNS} for record in records],
         )
-        await self.session.commit()
         return records
 
     async def _original(self, idempotency_key: str, fingerprint: str | None) -> CommandRecord | None:
@@ -157,40 +159,23 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             )
         return original
 
-    async def apply(self, command_id: UUID) -> str | None:
-        """Applies one command (see `apply_many`); returns its sku, or `None` for an unknown command."""
-        skus = await self.apply_many([command_id])
-        return skus[0] if skus else None
-
-    async def apply_many(self, command_ids: Sequence[UUID], targets: dict[str, int] | None = None) -> list[str]:
-        """Applies the commands and every earlier pending command of their skus, in accept order, in one transaction.
+    async def apply_many(self, targets: dict[str, int], *, careful: bool = False) -> list[str]:
+        """Applies every pending command of the skus up to their targets' seqs (what `claim` returned), in accept
+        order; returns the skus, whose events are to be published once the caller has committed.
 
         Re-running it (a re-delivered job, or a sibling job that already drained these) changes nothing: each sku's
-        `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue
-        behind each other instead of deadlocking. Returns the skus, whose committed events are then to be published.
-        `targets`: what `claim` returned for these commands, when they were claimed outside this session.
+        `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue behind
+        each other instead of deadlocking. What a command itself gets wrong fails that command; anything else
+        raises, and the caller may apply the batch again `careful`ly, in a new transaction: each command then in a
+        savepoint of its own, so the one at fault fails alone and leaves nothing of itself.
         """
-        if targets is None:
-            targets = await self._claim(command_ids)
-        if not targets:
-            return []
-        try:
-            await self._apply_pending(targets, careful=False)
-        except Exception as error:
-            if is_unavailable(error):
-                raise
-            # Something in the batch the database refused, or a bug: apply it again with each command in a savepoint
-            # of its own, so the one at fault fails alone and leaves nothing of itself.
-            logger.warning(
-                "a batch of %d commands failed to apply together (%r): applying one at a time", len(command_ids), error
-            )
-            await self.session.rollback()
-            await self._apply_pending(targets, careful=True)
+        if targets:
+            await self._apply_pending(targets, careful=careful)
         return sorted(targets)
 
-    async def _claim(self, command_ids: Sequence[UUID]) -> dict[str, int]:
-        """Marks the unfinished commands among these `running`, and commits, so that they are seen so while they are
-        applied; returns the newest seq of each of their skus, up to which the apply goes.
+    async def claim(self, command_ids: Sequence[UUID]) -> dict[str, int]:
+        """Marks the unfinished commands among these `running` (the caller commits, so that they are seen so while
+        they are applied); returns the newest seq of each of their skus, up to which the apply goes.
 
         One statement both claims the commands and reads their skus and seqs. Rows locked by another transaction are
         skipped (PostgreSQL): one applying them (a batch that reached them through an earlier command of their sku)
@@ -217,15 +202,13 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
                 select(CommandRecord.id, CommandRecord.sku, CommandRecord.seq).where(CommandRecord.id.in_(unclaimed))
             )
             rows += result.tuples().all()
-        await self.session.commit()
         return _targets(rows)
 
     async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> None:
-        """Locks the skus' heads, applies their pending commands up to the targets' seqs, and commits."""
+        """Locks the skus' heads and applies their pending commands up to the targets' seqs."""
         applied = await lock_heads(self.session, targets)
         behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
         if not behind:
-            await self.session.rollback()
             return
         pending = await self.session.scalars(PENDING_COMMANDS, {"skus": sorted(behind)})
         widgets = WidgetService(session=self.session)
@@ -237,7 +220,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
                 if (event := await apply(widgets, current, record)) is not None:
                     self.session.add(event)
         await self.session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(behind.items())])
-        await self.session.commit()
+        await self.session.flush()
 
     async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord | None:
         """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)
@@ -301,11 +284,10 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         await lock_head(self.session, sku)
         await self.session.refresh(record)
         if record.status not in UNFINISHED:
-            await self.session.rollback()
             return None
         if (event := _fail(record, failure)) is not None:
             self.session.add(event)
-        await self.session.commit()
+        await self.session.flush()
         return sku
 
     async def failed(self, limit: int) -> Sequence[CommandRecord]:
@@ -317,7 +299,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         )
 
     async def retry(self, command_id: UUID) -> CommandRecord:
-        """Accepts a failed command again as the newest command of its sku, and commits; the caller queues it.
+        """Accepts a failed command again as the newest command of its sku; the caller commits, then queues it.
 
         It takes the sku's next `seq`, not its old place: it then takes effect after every command accepted before
         the retry (and an old seq may be behind `applied_seq` already, where no job would apply it). `accepted_at`
@@ -332,13 +314,9 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
         await self.session.refresh(record)
         if record.parent_id is not None:
             # Retried alone, the row would take effect after commands accepted since its import, in its import's name.
-            refused = RetryRefused(f"Command {command_id} is a row of import {record.parent_id}: import the row again.")
-            await self.session.rollback()
-            raise refused
+            raise RetryRefused(f"Command {command_id} is a row of import {record.parent_id}: import the row again.")
         if record.status != CommandStatus.FAILED.value:
-            refused = RetryRefused(f"Command {command_id} is {record.status}: only a failed command can be retried.")
-            await self.session.rollback()
-            raise refused
+            raise RetryRefused(f"Command {command_id} is {record.status}: only a failed command can be retried.")
         result = await self.session.execute(
             update(CommandRecord)
             .where(CommandRecord.id == record.id)
@@ -353,9 +331,7 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             .returning(CommandRecord),
             execution_options={"populate_existing": True},
         )
-        retried = result.scalar_one()
-        await self.session.commit()
-        return retried
+        return result.scalar_one()
 
     async def count_recoveries(self, command_ids: Sequence[UUID]) -> None:
         """Counts one more recovery for each command (their jobs were queued anew by the recovery pass)."""
@@ -364,12 +340,10 @@ class CommandService(SQLAlchemyAsyncRepositoryService[CommandRecord]):
             .where(CommandRecord.id.in_(command_ids))
             .values(recoveries=CommandRecord.recoveries + 1)
         )
-        await self.session.commit()
 
     async def purge_finished_before(self, cutoff: datetime) -> int:
         """Forgets commands that finished before `cutoff` (they are kept for the retention period, not forever)."""
         result = await self.session.execute(delete(CommandRecord).where(CommandRecord.finished_at < cutoff))
-        await self.session.commit()
         return result.rowcount
 
     async def unfinished(

@@ -40,7 +40,9 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
     repository_type = EventRepository
 
     async def publish_pending(self, skus: Collection[str], publish: Publish) -> int:
-        """Publishes the skus' unpublished events in the order they were committed, and marks them published.
+        """Publishes the skus' unpublished events in the order they were committed, and marks them published (once
+        the caller commits; an event published and not marked is published again, and the publisher puts it on the
+        stream once).
 
         Their head rows are held meanwhile, so two workers cannot interleave one sku's events on the stream;
         events a crashed or failed earlier publish left behind go out first. One read, one publish (pipelined)
@@ -70,7 +72,6 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
                     for event, stream_id in zip(pending, stream_ids, strict=True)
                 ],
             )
-        await session.commit()
         return len(pending)
 
     async def skus_with_unpublished(self, committed_before: datetime, limit: int) -> list[str]:
@@ -105,5 +106,4 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
         result = await session.execute(
             delete(EventRecord).where(EventRecord.stream_id.is_not(None), EventRecord.occurred_at < cutoff)
         )
-        await session.commit()
         return result.rowcount

@@ -25,6 +25,7 @@ from widgetry.domain.models import CommandRecord, EventRecord
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import UNFINISHED, CommandService, command_event, command_fingerprint
 from widgetry.services.heads import lock_heads
+from widgetry.services.unavailable import is_unavailable
 
 IMPORT_TYPE = "import_widgets"
 ROWS_PER_STATEMENT = 500
@@ -51,7 +52,7 @@ class ImportService(CommandService):
         idempotency_key: str | None = None,
         command_id: UUID | None = None,
     ) -> tuple[CommandRecord, bool]:
-        """Records the import and its rows in one transaction, and commits before anyone is told. With an
+        """Records the import and its rows in one transaction (the caller commits before anyone is told). With an
         idempotency key already used for the same import, returns that import instead (and `False`)."""
         total = len(rows) + len(rejected)
         payload = dump_command(ImportWidgets(total=total, rejected=rejected))
@@ -75,26 +76,28 @@ class ImportService(CommandService):
             "fingerprint": fingerprint,
         }
         try:
-            await self.session.execute(insert(CommandRecord), [parent])
-            seqs = await self._take_seqs(sorted(row.sku for row in rows))
-            children = [
-                {
-                    "id": uuid7(),
-                    "type": "upsert_widget",
-                    "sku": row.sku,
-                    "seq": seqs[row.sku],
-                    "payload": dump_command(UpsertWidget(values=row.values, row=row.row)),
-                    "status": CommandStatus.ACCEPTED.value,
-                    "accepted_at": now,
-                    "parent_id": parent["id"],
-                }
-                for row in rows
-            ]
-            for first in range(0, len(children), ROWS_PER_STATEMENT):
-                await self.session.execute(insert(CommandRecord), children[first : first + ROWS_PER_STATEMENT])
-            await self.session.commit()
-        except IntegrityError:
-            await self.session.rollback()
+            async with self.session.begin_nested():
+                await self.session.execute(insert(CommandRecord), [parent])
+                seqs = await self._take_seqs(sorted(row.sku for row in rows))
+                children = [
+                    {
+                        "id": uuid7(),
+                        "type": "upsert_widget",
+                        "sku": row.sku,
+                        "seq": seqs[row.sku],
+                        "payload": dump_command(UpsertWidget(values=row.values, row=row.row)),
+                        "status": CommandStatus.ACCEPTED.value,
+                        "accepted_at": now,
+                        "parent_id": parent["id"],
+                    }
+                    for row in rows
+                ]
+                for first in range(0, len(children), ROWS_PER_STATEMENT):
+                    await self.session.execute(insert(CommandRecord), children[first : first + ROWS_PER_STATEMENT])
+        except IntegrityError as error:
+            # A connection lost mid-insert is reported as an integrity error too: the transaction is gone with it.
+            if is_unavailable(error):
+                raise
             if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
                 return original, False
             raise
@@ -114,7 +117,6 @@ class ImportService(CommandService):
             .where(CommandRecord.id == import_id, CommandRecord.status.in_(UNFINISHED))
             .values(status=CommandStatus.RUNNING.value)
         )
-        await self.session.commit()
         return result.rowcount > 0
 
     async def pending_rows(self, import_id: UUID, after_sku: str, limit: int) -> list[tuple[UUID, str]]:
@@ -135,7 +137,6 @@ class ImportService(CommandService):
         """Counts the rows done and writes a `command.progress` event with the count, in one transaction."""
         record = await self._lock(import_id)
         if record is None or record.status not in UNFINISHED:
-            await self.session.rollback()
             return
         finished_rows = await self.session.scalar(
             select(func.count())
@@ -148,14 +149,13 @@ class ImportService(CommandService):
         self.session.add(
             command_event(record, EventType.COMMAND_PROGRESS, {"status": record.status, "progress": record.progress})
         )
-        await self.session.commit()
+        await self.session.flush()
 
     async def finish(self, import_id: UUID) -> bool:
         """Ends the import `succeeded` with its result and one `command.completed` event, once no row is left
         unfinished. `False` when rows are still unfinished; `True` when it is (or already was) finished."""
         record = await self._lock(import_id)
         if record is None or record.status not in UNFINISHED:
-            await self.session.rollback()
             return True
         statuses = dict(
             (
@@ -169,7 +169,6 @@ class ImportService(CommandService):
             .all()
         )
         if any(statuses.get(status) for status in UNFINISHED):
-            await self.session.rollback()
             return False
         record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
         record.result = await self._result(record, statuses.get(CommandStatus.SUCCEEDED.value, 0))
@@ -181,7 +180,7 @@ class ImportService(CommandService):
                 {"status": record.status, "progress": record.progress, "result": record.result},
             )
         )
-        await self.session.commit()
+        await self.session.flush()
         return True
 
     async def fail(self, import_id: UUID, failure: CommandFailed) -> bool:
@@ -190,7 +189,6 @@ class ImportService(CommandService):
         skus' locks; rows already applied stay applied, and the result says how many. `False` if already finished."""
         record = await self._lock(import_id)
         if record is None or record.status not in UNFINISHED:
-            await self.session.rollback()
             return False
         left = select(CommandRecord.sku).where(
             CommandRecord.parent_id == import_id, CommandRecord.status.in_(UNFINISHED)
@@ -212,7 +210,7 @@ class ImportService(CommandService):
         self.session.add(
             command_event(record, EventType.COMMAND_FAILED, {"status": record.status, "error": record.error})
         )
-        await self.session.commit()
+        await self.session.flush()
         return True
 
     async def _result(self, record: CommandRecord, succeeded: int) -> dict[str, Any]:

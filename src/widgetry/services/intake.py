@@ -14,6 +14,7 @@ from widgetry.services.commands import CommandService, Submission
 from widgetry.services.imports import IMPORT_TYPE
 from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
 from widgetry.services.unavailable import is_unavailable
+from widgetry.services.units import unit_of_work
 
 if TYPE_CHECKING:
     from advanced_alchemy.config import SQLAlchemyAsyncConfig
@@ -103,7 +104,7 @@ class CommandIntake:
 
     async def _accept(self, batch: list[Submission]) -> list[CommandRecord]:
         if self._autocommit is None:
-            async with self._alchemy.get_session() as session:
+            async with unit_of_work(self._alchemy) as session:
                 return await CommandService(session=session).accept_many(batch)
         # PostgreSQL: one statement on a connection outside any transaction, so it commits as it ends: one round
         # trip (no BEGIN, no COMMIT) makes the batch durable.

@@ -52,7 +52,7 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
         if await self.exists(name=name):
             raise KeyNameTaken(f"A key named {name!r} exists already (revoked keys keep their names).")
         record = ApiKey(name=name, digest=fingerprint, scopes=scopes, created_at=datetime.now(UTC))
-        return await self.create(record, auto_commit=True), key
+        return await self.create(record), key
 
     async def listed(self) -> list[ApiKey]:
         return list(await self.get_many(OrderBy("created_at", "asc")))
@@ -75,7 +75,7 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
         key = found[0]
         if key.revoked_at is None:
             key.revoked_at = datetime.now(UTC)
-            key = await self.update(key, auto_commit=True)
+            key = await self.update(key)
         return key
 
     async def check(self, fingerprint: str) -> frozenset[Scope] | None:
@@ -90,5 +90,4 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
         if found is None:
             return None
         await session.execute(update(ApiKey).where(ApiKey.id == found.id).values(last_used_at=datetime.now(UTC)))
-        await session.commit()
         return found.scopes
