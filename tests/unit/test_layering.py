@@ -145,3 +145,19 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
                             break
                     groups.append(sorted(group))
     return groups
+
+
+def test_the_services_never_commit_or_roll_back_their_callers_unit_of_work() -> None:
+    """Services read, change and flush; a request, a job or an operator's command owns the transaction
+    (`services/units.py` opens it). A commit, a rollback or Advanced Alchemy's `auto_commit` in a service is a
+    transaction ended behind its caller's back."""
+    ended: list[str] = []
+    for path in sorted((ROOT / "src" / "widgetry" / "services").rglob("*.py")):
+        if path.name == "units.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("commit", "rollback"):
+                ended.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.keyword) and node.arg in ("auto_commit", "auto_rollback"):
+                ended.append(f"{path.name}:{node.lineno} {node.arg}=")
+    assert ended == []
