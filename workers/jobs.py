@@ -13,8 +13,9 @@ from saq.job import Status
 
 from widgetry.domain.problems import CommandFailed
 from widgetry.observability.outcomes import observed
+from widgetry.services.apply import ApplyService, claim
 from widgetry.services.batching import GroupCommit
-from widgetry.services.commands import CommandService, claim
+from widgetry.services.commands import CommandService
 from widgetry.services.events import EventService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
 from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
@@ -96,19 +97,19 @@ class CommandApplier:
 
 
 async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list[str]:
-    """Claims and applies the commands (see `CommandService.apply_many`); returns the skus whose events are then to
+    """Claims and applies the commands (see `ApplyService.apply_many`); returns the skus whose events are then to
     be published."""
     alchemy = connections.alchemy
     if (autocommit := autocommit_engine(alchemy.get_engine())) is not None:
         targets = await claim(autocommit, command_ids)
     else:
         async with unit_of_work(alchemy) as session:
-            targets = await CommandService(session=session).claim(command_ids)
+            targets = await ApplyService(session=session).claim(command_ids)
     if not targets:
         return []
     try:
         async with unit_of_work(alchemy) as session:
-            return await CommandService(session=session).apply_many(targets)
+            return await ApplyService(session=session).apply_many(targets)
     except Exception as error:
         if is_unavailable(error):
             raise
@@ -118,7 +119,7 @@ async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list
             "a batch of %d commands failed to apply together (%r): applying one at a time", len(command_ids), error
         )
         async with unit_of_work(alchemy) as session:
-            return await CommandService(session=session).apply_many(targets, careful=True)
+            return await ApplyService(session=session).apply_many(targets, careful=True)
 
 
 async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
@@ -189,7 +190,7 @@ async def end_failed_command(ctx: dict[str, Any]) -> None:
         # Should the database still be down, this raises and the commands stay accepted: the recovery pass queues
         # them again later, which is what a command deserves when nothing was wrong with it.
         async with unit_of_work(connections.alchemy) as session:
-            sku = await CommandService(session=session).mark_failed(UUID(command_id), failure)
+            sku = await ApplyService(session=session).mark_failed(UUID(command_id), failure)
         if sku is not None:  # not when the command had succeeded and only publishing its event failed
             logger.error("command %s failed after %s attempts: %s", command_id, job.attempts, job.error)
             ended.append(sku)
@@ -273,7 +274,7 @@ async def give_up(connections: Connections, record: CommandRecord) -> None:
         await fail_import(connections, command_id, failure)
         return
     async with unit_of_work(connections.alchemy) as session:
-        sku = await CommandService(session=session).mark_failed(command_id, failure)
+        sku = await ApplyService(session=session).mark_failed(command_id, failure)
     await publish_pending(connections, [sku] if sku else [])
 
 

@@ -25,7 +25,7 @@ from tests.unit.test_commands import SPROCKET, create, finished, redis_down
 from widgetry.app import create_app
 from widgetry.domain.models import CommandRecord, WidgetHead
 from widgetry.domain.problems import CommandFailed
-from widgetry.services.commands import CommandService
+from widgetry.services.apply import ApplyService
 from widgetry.services.units import unit_of_work
 from widgetry.settings import Settings
 from widgetry.workers.jobs import publish_pending
@@ -71,7 +71,7 @@ async def spent(client: httpx.AsyncClient, app: Litestar, method: str, path: str
     """A command that ended `failed` with an `internal` problem, as after its job's attempts were spent."""
     command_id = await unqueued(client, app, method, path, body)
     async with unit_of_work(app.state.connections.alchemy) as session:
-        sku = await CommandService(session=session).mark_failed(UUID(command_id), CommandFailed(SPENT))
+        sku = await ApplyService(session=session).mark_failed(UUID(command_id), CommandFailed(SPENT))
     await publish_pending(app.state.connections, [sku] if sku else [])
     return command_id
 

@@ -17,8 +17,8 @@ from tests.support import API_KEY, AUTH, WAIT, eventually, serve
 from tests.unit.state import CommandRecord, count, outbox, settled_stream, stream, unpublish_everything, widget_row
 from widgetry.app import create_app
 from widgetry.domain.problems import CommandFailed
-from widgetry.services import commands as command_service
-from widgetry.services.commands import CommandService
+from widgetry.services import apply as apply_service
+from widgetry.services.apply import ApplyService
 from widgetry.services.units import unit_of_work
 from widgetry.settings import Settings
 from widgetry.workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
@@ -185,11 +185,11 @@ async def test_unknown_command_is_404_problem(client: httpx.AsyncClient) -> None
 async def test_a_command_that_keeps_failing_ends_failed_internal_once_attempts_are_spent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(self: CommandService, command_id: object) -> None:
+    async def broken(self: ApplyService, command_id: object) -> None:
         raise RuntimeError("database on fire")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(CommandService, "apply_many", broken)
+    monkeypatch.setattr(ApplyService, "apply_many", broken)
     app = create_app(Settings(api_keys=(API_KEY,), job_attempts=2))
     async with serve(app) as client:
         response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
@@ -236,7 +236,7 @@ async def test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_ap
         patched.setattr(queue, "enqueue", redis_down)
         stuck = await client.patch("/widgets/SPR-1", json={"name": "Never"}, headers=AUTH)
     async with unit_of_work(app.state.connections.alchemy) as session:
-        sku = await CommandService(session=session).mark_failed(UUID(stuck.json()["id"]), CommandFailed("spent"))
+        sku = await ApplyService(session=session).mark_failed(UUID(stuck.json()["id"]), CommandFailed("spent"))
     await publish_pending(app.state.connections, [sku] if sku else [])
 
     later = await client.patch("/widgets/SPR-1", json={"price_cents": 1}, headers=AUTH | WAIT)
@@ -252,7 +252,7 @@ async def test_marking_an_applied_command_failed_changes_nothing(client: httpx.A
     command = await create(client)
 
     async with unit_of_work(app.state.connections.alchemy) as session:
-        await CommandService(session=session).mark_failed(UUID(command["id"]), CommandFailed("too late"))
+        await ApplyService(session=session).mark_failed(UUID(command["id"]), CommandFailed("too late"))
 
     assert (await client.get(f"/commands/{command['id']}")).json()["status"] == "succeeded"
     assert [event.type for event in await outbox(app)] == ["widget.created"]
@@ -261,11 +261,11 @@ async def test_marking_an_applied_command_failed_changes_nothing(client: httpx.A
 async def test_a_job_that_times_out_on_its_last_attempt_ends_the_command_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def hangs(self: CommandService, command_id: object) -> None:
+    async def hangs(self: ApplyService, command_id: object) -> None:
         await asyncio.sleep(60)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(CommandService, "apply_many", hangs)
+    monkeypatch.setattr(ApplyService, "apply_many", hangs)
     app = create_app(Settings(api_keys=(API_KEY,), job_attempts=1, job_timeout_seconds=1))
     async with serve(app) as client:
         response = await client.post("/widgets", json=SPROCKET, headers=AUTH | WAIT)
@@ -302,7 +302,7 @@ async def test_the_relay_publishes_events_committed_but_never_published(
 async def test_a_command_shows_running_while_it_is_applied(
     client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    execute = command_service._execute  # noqa: SLF001
+    execute = apply_service._execute  # noqa: SLF001
     reached, release = asyncio.Event(), asyncio.Event()
 
     async def paused(*args: Any) -> Any:
@@ -310,7 +310,7 @@ async def test_a_command_shows_running_while_it_is_applied(
         await release.wait()
         return await execute(*args)
 
-    monkeypatch.setattr(command_service, "_execute", paused)
+    monkeypatch.setattr(apply_service, "_execute", paused)
     accepted = await client.post("/widgets", json=SPROCKET, headers=AUTH)
     location = accepted.headers["location"]
     await asyncio.wait_for(reached.wait(), 10)

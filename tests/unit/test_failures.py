@@ -16,8 +16,8 @@ from sqlalchemy.exc import OperationalError
 from tests.support import AUTH, WAIT, eventually
 from tests.unit.state import CommandRecord, outbox, widget_row
 from widgetry.domain.commands import CreateWidget, UpdateWidget
-from widgetry.services import commands as command_service
-from widgetry.services.commands import CommandService
+from widgetry.services import apply as apply_service
+from widgetry.services.accept import AcceptService
 from widgetry.services.units import unit_of_work
 from widgetry.workers.jobs import MAX_RECOVERIES, apply_batch, requeue_unfinished
 
@@ -25,7 +25,7 @@ from widgetry.workers.jobs import MAX_RECOVERIES, apply_batch, requeue_unfinishe
 async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_commands_still_apply(
     client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    execute = command_service._execute  # noqa: SLF001
+    execute = apply_service._execute  # noqa: SLF001
     runs: list[str] = []
 
     async def broken_for_one_sku(widgets: Any, current: Any, sku: str, command: Any) -> Any:
@@ -34,7 +34,7 @@ async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_command
             raise ValueError("this command cannot be applied")
         return await execute(widgets, current, sku, command)
 
-    monkeypatch.setattr(command_service, "_execute", broken_for_one_sku)
+    monkeypatch.setattr(apply_service, "_execute", broken_for_one_sku)
 
     failed = await client.post("/widgets", json={"sku": "BROKEN-1", "name": "B", "price_cents": 1}, headers=AUTH | WAIT)
     applied = await client.post("/widgets", json={"sku": "FINE-1", "name": "F", "price_cents": 2}, headers=AUTH | WAIT)
@@ -55,7 +55,7 @@ async def test_an_error_of_the_command_itself_fails_it_at_once_and_later_command
 async def test_the_database_failing_is_retried_and_the_command_then_succeeds(
     client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    execute = command_service._execute  # noqa: SLF001
+    execute = apply_service._execute  # noqa: SLF001
     attempts: list[int] = []
 
     async def down_twice(widgets: Any, current: Any, sku: str, command: Any) -> Any:
@@ -66,7 +66,7 @@ async def test_the_database_failing_is_retried_and_the_command_then_succeeds(
             raise RepositoryError("There was an issue processing the statement.") from dropped
         return await execute(widgets, current, sku, command)
 
-    monkeypatch.setattr(command_service, "_execute", down_twice)
+    monkeypatch.setattr(apply_service, "_execute", down_twice)
 
     response = await client.post(
         "/widgets", json={"sku": "RETRY-1", "name": "R", "price_cents": 3}, headers=AUTH | WAIT
@@ -83,7 +83,7 @@ async def test_a_job_whose_command_a_later_job_already_applied_changes_nothing(
 ) -> None:
     """Batching in action: the second command's job applies both, the first's then finds nothing to do."""
     async with unit_of_work(app.state.connections.alchemy) as session:
-        service = CommandService(session=session)
+        service = AcceptService(session=session)
         first, _ = await service.accept("ORDER-1", CreateWidget(values={"name": "One", "price_cents": 1}))
         second, _ = await service.accept("ORDER-1", UpdateWidget(changes={"price_cents": 2}))
     assert await apply_batch(app.state.connections, [second.id]) == ["ORDER-1"]
@@ -99,13 +99,13 @@ async def test_a_command_that_fails_midway_leaves_nothing_of_itself(
     client: httpx.AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await client.post("/widgets", json={"sku": "HALF-1", "name": "Half", "price_cents": 1}, headers=AUTH | WAIT)
-    execute = command_service._execute  # noqa: SLF001
+    execute = apply_service._execute  # noqa: SLF001
 
     async def fails_after_changing(widgets: Any, current: Any, sku: str, command: Any) -> Any:
         await execute(widgets, current, sku, command)  # the update is made, then something breaks
         raise ValueError("broke after the change")
 
-    monkeypatch.setattr(command_service, "_execute", fails_after_changing)
+    monkeypatch.setattr(apply_service, "_execute", fails_after_changing)
     response = await client.patch("/widgets/HALF-1", json={"price_cents": 2}, headers=AUTH | WAIT)
 
     assert response.status_code == 500
@@ -122,7 +122,7 @@ async def test_a_command_the_recovery_pass_keeps_requeueing_ends_failed(
     """A command whose job never finishes (its worker dies each time) is queued again a bounded number of times."""
     queue = app.plugins.get(SAQPlugin).get_queue(app.state.settings.queue_name)
     async with app.state.connections.alchemy.get_session() as session:
-        service = CommandService(session=session)
+        service = AcceptService(session=session)
         lost, _ = await service.accept("LOST-1", CreateWidget(values={"name": "Lost", "price_cents": 1}))
         doomed, _ = await service.accept("DOOMED-1", CreateWidget(values={"name": "Doomed", "price_cents": 1}))
         await session.execute(

@@ -20,6 +20,7 @@ from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord
 from widgetry.observability import outcomes
+from widgetry.services.accept import AcceptService
 from widgetry.services.commands import UNFINISHED, CommandService, Submission
 from widgetry.services.imports import ImportService
 from widgetry.services.intake import CommandIntake, enqueue_or_leave_to_recovery
@@ -85,7 +86,7 @@ class Intake:
                 record = await self._intake.accept(submission)
             else:
                 async with unit_of_work(self._connections.alchemy) as session:
-                    record, created = await CommandService(session=session).accept(
+                    record, created = await AcceptService(session=session).accept(
                         sku, command, self._idempotency_key, command_id=submission.id
                     )
                 if not created:

@@ -23,7 +23,7 @@ from widgetry.domain.commands import CommandStatus, ImportWidgets, UpsertWidget,
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord, EventRecord
 from widgetry.domain.problems import CommandFailed
-from widgetry.services.commands import UNFINISHED, CommandService, command_event, command_fingerprint
+from widgetry.services.commands import UNFINISHED, CommandService, command_event, command_fingerprint, next_seqs
 from widgetry.services.heads import lock_heads
 from widgetry.services.unavailable import is_unavailable
 
@@ -60,7 +60,7 @@ class ImportService(CommandService):
         if idempotency_key:
             rows_payload = {"rows": [msgspec.to_builtins(row) for row in rows], **payload}
             fingerprint = command_fingerprint(IMPORT_TYPE, "", rows_payload)
-            if original := await self._original(idempotency_key, fingerprint):
+            if original := await self.original(idempotency_key, fingerprint):
                 return original, False
         now = datetime.now(UTC)
         parent = {
@@ -98,7 +98,7 @@ class ImportService(CommandService):
             # A connection lost mid-insert is reported as an integrity error too: the transaction is gone with it.
             if is_unavailable(error):
                 raise
-            if idempotency_key and (original := await self._original(idempotency_key, fingerprint)):
+            if idempotency_key and (original := await self.original(idempotency_key, fingerprint)):
                 return original, False
             raise
         return CommandRecord(**parent), True
@@ -106,7 +106,7 @@ class ImportService(CommandService):
     async def _take_seqs(self, skus: list[str]) -> dict[str, int]:
         seqs: dict[str, int] = {}
         for first in range(0, len(skus), ROWS_PER_STATEMENT):
-            taken = await self._next_seqs(dict.fromkeys(skus[first : first + ROWS_PER_STATEMENT], 1))
+            taken = await next_seqs(self.session, dict.fromkeys(skus[first : first + ROWS_PER_STATEMENT], 1))
             seqs.update({sku: last for sku, (last, _) in taken.items()})
         return seqs
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from widgetry.domain.commands import command_type, encode_command
+from widgetry.services.accept import AcceptService
 from widgetry.services.batching import GroupCommit
-from widgetry.services.commands import CommandService, Submission
+from widgetry.services.commands import Submission
 from widgetry.services.imports import IMPORT_TYPE
 from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
 from widgetry.services.unavailable import is_unavailable
@@ -105,7 +106,7 @@ class CommandIntake:
     async def _accept(self, batch: list[Submission]) -> list[CommandRecord]:
         if self._autocommit is None:
             async with unit_of_work(self._alchemy) as session:
-                return await CommandService(session=session).accept_many(batch)
+                return await AcceptService(session=session).accept_many(batch)
         # PostgreSQL: one statement on a connection outside any transaction, so it commits as it ends: one round
         # trip (no BEGIN, no COMMIT) makes the batch durable.
         accepted_at = datetime.now(UTC)

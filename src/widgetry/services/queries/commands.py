@@ -56,7 +56,7 @@ CLAIM = text(
     """
 ).bindparams(bindparam("ids"))
 """PostgreSQL: marks the unfinished commands among these `running` (visible at once: autocommit) and returns their
-skus and seqs. Rows another transaction holds are skipped (see `CommandService.claim`)."""
+skus and seqs. Rows another transaction holds are skipped (see `ApplyService.claim`)."""
 
 READ_TARGETS = text("SELECT id, sku, seq FROM commands WHERE id = ANY(CAST(:ids AS uuid[]))").bindparams(
     bindparam("ids")

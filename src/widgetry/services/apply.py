@@ -1,0 +1,233 @@
+"""Applying commands: claimed, then applied in each sku's order behind its head's lock, each outcome with its event
+in the same transaction (the caller commits, then publishes)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import bindparam, select, update
+
+from widgetry.domain.commands import (
+    Command,
+    CommandStatus,
+    CreateWidget,
+    DeleteWidget,
+    UpdateWidget,
+    UpsertWidget,
+    load_command,
+)
+from widgetry.domain.events import EventType
+from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
+from widgetry.domain.problems import CommandFailed
+from widgetry.services.commands import UNFINISHED, CommandService, command_event
+from widgetry.services.heads import lock_head, lock_heads
+from widgetry.services.queries.commands import CLAIM, READ_TARGETS
+from widgetry.services.unavailable import is_unavailable
+from widgetry.services.widgets import Current, WidgetService
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+logger = logging.getLogger(__name__)
+
+PENDING_COMMANDS = (
+    select(CommandRecord)
+    # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
+    .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
+    .order_by(CommandRecord.sku, CommandRecord.seq)
+)
+HEADS = WidgetHead.__table__
+MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
+
+
+class ApplyService(CommandService):
+    """Claims commands, applies them, and ends those that could not be applied at all."""
+
+    async def claim(self, command_ids: Sequence[UUID]) -> dict[str, int]:
+        """Marks the unfinished commands among these `running` (the caller commits, so that they are seen so while
+        they are applied); returns the newest seq of each of their skus, up to which the apply goes.
+
+        One statement both claims the commands and reads their skus and seqs. Rows locked by another transaction are
+        skipped (PostgreSQL): one applying them (a batch that reached them through an earlier command of their sku)
+        or claiming them (the job re-delivered); waiting on it instead could deadlock with an apply that waits on
+        this claim's rows. Those, and commands already finished (a re-run, whose events may still wait to be
+        published), are read without a claim. A retry may move a failed command's seq on meanwhile: a job that read
+        the old one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
+        """
+        claimable = (
+            select(CommandRecord.id)
+            .where(CommandRecord.id.in_(command_ids), CommandRecord.status.in_(UNFINISHED))
+            .with_for_update(skip_locked=True)
+        )
+        result = await self.session.execute(
+            update(CommandRecord)
+            .where(CommandRecord.id.in_(claimable.scalar_subquery()))
+            .values(status=CommandStatus.RUNNING.value)
+            .returning(CommandRecord.id, CommandRecord.sku, CommandRecord.seq),
+            execution_options={"synchronize_session": False},
+        )
+        rows = list(result.tuples().all())
+        if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
+            result = await self.session.execute(
+                select(CommandRecord.id, CommandRecord.sku, CommandRecord.seq).where(CommandRecord.id.in_(unclaimed))
+            )
+            rows += result.tuples().all()
+        return _targets(rows)
+
+    async def apply_many(self, targets: dict[str, int], *, careful: bool = False) -> list[str]:
+        """Applies every pending command of the skus up to their targets' seqs (what `claim` returned), in accept
+        order; returns the skus, whose events are to be published once the caller has committed.
+
+        Re-running it (a re-delivered job, or a sibling job that already drained these) changes nothing: each sku's
+        `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue behind
+        each other instead of deadlocking. What a command itself gets wrong fails that command; anything else
+        raises, and the caller may apply the batch again `careful`ly, in a new transaction: each command then in a
+        savepoint of its own, so the one at fault fails alone and leaves nothing of itself.
+        """
+        if targets:
+            await self._apply_pending(targets, careful=careful)
+        return sorted(targets)
+
+    async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> None:
+        """Locks the skus' heads and applies their pending commands up to the targets' seqs."""
+        applied = await lock_heads(self.session, targets)
+        behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
+        if not behind:
+            return
+        pending = await self.session.scalars(PENDING_COMMANDS, {"skus": sorted(behind)})
+        widgets = WidgetService(session=self.session)
+        current = await widgets.current(behind)
+        for record in pending.all():
+            sku = record.sku or ""
+            if applied[sku] < record.seq <= behind[sku]:
+                apply = self._apply_carefully if careful else self._apply_one
+                if (event := await apply(widgets, current, record)) is not None:
+                    self.session.add(event)
+        await self.session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(behind.items())])
+        await self.session.flush()
+
+    async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord | None:
+        """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)
+        is found before anything changes and fails it; anything else fails the whole batch, which is then applied
+        carefully."""
+        try:
+            change = await _execute(widgets, current, record.sku or "", load_command(record.payload))
+        except CommandFailed as failure:
+            return _fail(record, failure)
+        return _succeed(record, change)
+
+    async def _apply_carefully(
+        self, widgets: WidgetService, current: Current, record: CommandRecord
+    ) -> EventRecord | None:
+        """Applies one command inside a savepoint: a command that fails leaves nothing of itself behind (no half
+        update, no version bump without its event), and the commands after it still apply."""
+        sku = record.sku or ""
+        try:
+            async with self.session.begin_nested():
+                change = await _execute(widgets, current, sku, load_command(record.payload))
+                await self.session.flush()
+        except CommandFailed as failure:
+            return _fail(record, failure)
+        except Exception as error:
+            if is_unavailable(error):
+                # The database or Redis failing is the environment, not the command: the whole job is retried.
+                raise
+            # Anything else is this command's own (a bug, a value the database refuses) and would fail every retry
+            # the same way: it fails now. Its savepoint is gone, and with it whatever it did to its widget.
+            logger.exception("command %s cannot be applied", record.id)
+            current.update(await widgets.current([sku]))
+            return _fail(record, CommandFailed(f"The command could not be applied ({type(error).__name__})."))
+        return _succeed(record, change)
+
+    async def mark_failed(self, command_id: UUID, failure: CommandFailed) -> str | None:
+        """Ends a command that could not be applied at all (its retries spent) with its problem and one event.
+
+        Under the sku's lock, and only if it is still unfinished: a sibling job may have applied it meanwhile.
+        Returns the sku when it did end the command (its event is then to be published), else `None`.
+        """
+        record = await self.get_one_or_none(id=command_id)
+        if record is None or record.sku is None:
+            return None
+        sku = record.sku
+        await lock_head(self.session, sku)
+        await self.session.refresh(record)
+        if record.status not in UNFINISHED:
+            return None
+        if (event := _fail(record, failure)) is not None:
+            self.session.add(event)
+        await self.session.flush()
+        return sku
+
+
+async def claim(autocommit: AsyncEngine, command_ids: Sequence[UUID]) -> dict[str, int]:
+    """`ApplyService.claim` on PostgreSQL as single statements outside any transaction: the claim is durable, and
+    visible, as it ends, with no BEGIN or COMMIT round trip on the path of every command."""
+    async with autocommit.connect() as connection:
+        rows = list((await connection.execute(CLAIM, {"ids": list(command_ids)})).tuples())
+        if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
+            rows += (await connection.execute(READ_TARGETS, {"ids": list(unclaimed)})).tuples()
+    return _targets(rows)
+
+
+def _targets(rows: Sequence[tuple[UUID, str | None, int]]) -> dict[str, int]:
+    """The newest seq of each sku among claimed commands: how far each sku's apply goes."""
+    targets: dict[str, int] = {}
+    for _, sku, seq in rows:
+        if sku is not None:
+            targets[sku] = max(seq, targets.get(sku, 0))
+    return targets
+
+
+Change = tuple[EventType, int, dict[str, Any]]
+"""What applying a command did: its event's type, the widget's version, and the event's data."""
+
+
+def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord | None:
+    """Ends the command failed, with its `command.failed` event; an import's row has none: it fails as a line of
+    its import's result, and the import is the command its client watches."""
+    record.status, record.error, record.finished_at = CommandStatus.FAILED.value, failure.problem(), datetime.now(UTC)
+    if record.parent_id is not None:
+        return None
+    return command_event(record, EventType.COMMAND_FAILED, {"status": record.status, "error": record.error})
+
+
+def _succeed(record: CommandRecord, change: Change | None) -> EventRecord | None:
+    """Ends the command succeeded, with the event of its change (`None`: it changed nothing, an import's row that
+    was already so)."""
+    record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)
+    if change is None:
+        return None
+    event_type, version, data = change
+    return EventRecord(
+        event_id=uuid4(),
+        type=event_type.value,
+        sku=record.sku,
+        version=version,
+        # An import's rows carry their import's id: the id its client knows and follows.
+        command_id=record.parent_id or record.id,
+        occurred_at=record.finished_at,
+        data=data,
+    )
+
+
+async def _execute(widgets: WidgetService, current: Current, sku: str, command: Command) -> Change | None:
+    match command:
+        case CreateWidget(values=values):
+            widget = await widgets.create_widget(current, sku, values)
+            return EventType.WIDGET_CREATED, widget.version, widget.public()
+        case UpdateWidget(changes=changes, expected_version=expected):
+            widget = await widgets.update_widget(current, sku, changes, expected)
+            return EventType.WIDGET_UPDATED, widget.version, widget.public()
+        case DeleteWidget(expected_version=expected):
+            widget = await widgets.delete_widget(current, sku, expected)
+            return EventType.WIDGET_DELETED, widget.version + 1, {"sku": sku}
+        case UpsertWidget(values=values):
+            if (upserted := await widgets.upsert_widget(current, sku, values)) is None:
+                return None
+            widget, created = upserted
+            return EventType.WIDGET_CREATED if created else EventType.WIDGET_UPDATED, widget.version, widget.public()
+    raise TypeError(f"unknown command {command!r}")  # pragma: no cover - the union is closed
