@@ -8,6 +8,7 @@ from typing import Any
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import bindparam, select
 
 from widgetry.domain.models import Widget
 from widgetry.domain.problems import VersionConflict, WidgetExists, WidgetNotFound
@@ -15,6 +16,9 @@ from widgetry.domain.problems import VersionConflict, WidgetExists, WidgetNotFou
 Current = dict[str, Widget | None]
 """The widgets a batch of commands works on, by sku (`None`: no widget has that sku), kept up to date by the changes
 below, so a batch reads each widget once however many of its commands touch it."""
+
+
+CURRENT_WIDGETS = select(Widget).where(Widget.sku.in_(bindparam("skus", expanding=True)))
 
 
 class WidgetRepository(SQLAlchemyAsyncRepository[Widget]):
@@ -25,8 +29,9 @@ class WidgetService(SQLAlchemyAsyncRepositoryService[Widget]):
     repository_type = WidgetRepository
 
     async def current(self, skus: Collection[str]) -> Current:
-        """The widgets of these skus, in one query."""
-        found = {widget.sku: widget for widget in await self.get_many(Widget.sku.in_(sorted(set(skus))))}
+        """The widgets of these skus, in one query (a statement built once: every applied batch reads them)."""
+        rows = await self.repository.session.scalars(CURRENT_WIDGETS, {"skus": sorted(set(skus))})
+        found = {widget.sku: widget for widget in rows}
         return {sku: found.get(sku) for sku in skus}
 
     async def create_widget(self, current: Current, sku: str, values: dict[str, Any]) -> Widget:
