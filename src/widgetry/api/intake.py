@@ -81,7 +81,7 @@ class Intake:
     async def submit(self, sku: str, command: Command) -> Response[Any]:
         # The id is chosen here so the outcome can be watched for before any worker can finish the command.
         submission = Submission(id=uuid7(), sku=sku, command=command)
-        async with self._hub.watch_command(str(submission.id)) as finished:
+        async with self._watch(str(submission.id)) as finished:
             if self._idempotency_key is None:
                 record = await self._intake.accept(submission)
             else:
@@ -98,7 +98,7 @@ class Intake:
     async def submit_import(self, parsed: ParsedImport) -> Response[Any]:
         """Records an import with its rows (one transaction) and queues its job; answers as `submit` does."""
         import_id = uuid7()
-        async with self._hub.watch_command(str(import_id), IMPORT_OUTCOMES) as finished:
+        async with self._watch(str(import_id), IMPORT_OUTCOMES) as finished:
             async with unit_of_work(self._connections.alchemy) as session:
                 record, created = await ImportService(session=session).accept_import(
                     parsed.rows, parsed.rejected, self._idempotency_key, command_id=import_id
@@ -109,9 +109,15 @@ class Intake:
             outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 
-    async def _answer(self, record: CommandRecord, finished: asyncio.Event) -> Response[Any]:
+    def _watch(
+        self, command_id: str, outcomes: frozenset[str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Event | None]:
+        """Watches for the command's outcome only when the client will wait for it (`Prefer: wait`)."""
+        return self._hub.watch_command(command_id, outcomes) if self._wait else contextlib.nullcontext()
+
+    async def _answer(self, record: CommandRecord, finished: asyncio.Event | None) -> Response[Any]:
         """`202` with the command at once; with `Prefer: wait`, its outcome if it comes in time."""
-        if not self._wait:
+        if finished is None:
             return command_response(record)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._wait):
