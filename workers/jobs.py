@@ -16,10 +16,10 @@ from widgetry.observability.outcomes import observed
 from widgetry.services.apply import ApplyService, claim
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
-from widgetry.services.events import EventService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
-from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
+from widgetry.services.publish import EventService
 from widgetry.services.queries.commands import autocommit_engine
+from widgetry.services.queue import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
 from widgetry.services.unavailable import is_unavailable
 from widgetry.services.units import unit_of_work
 

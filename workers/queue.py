@@ -19,7 +19,7 @@ from widgetry.compat import adopt_workers
 from widgetry.observability import tracing
 from widgetry.observability.counts import flushing
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
-from widgetry.services.intake import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
+from widgetry.services.queue import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.services.unavailable import is_unavailable
 from widgetry.settings import WorkerMode
 from widgetry.streaming.hub import wait_for_event

@@ -51,7 +51,7 @@ from widgetry.observability.logs import structlog_plugin
 from widgetry.observability.metrics import Exposition, prometheus_config
 from widgetry.observability.outcomes import observe
 from widgetry.observability.tracing import tracing_plugins
-from widgetry.services.intake import CommandIntake
+from widgetry.services.accept import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
 from widgetry.workers.queue import build_queue, saq_plugin

@@ -27,9 +27,9 @@ from widgetry.domain.problems import PROBLEM_BASE
 from widgetry.migrating import upgrade_if_behind
 from widgetry.observability.logs import uvicorn_log_config
 from widgetry.services.commands import CommandService, RetryRefused
-from widgetry.services.events import EventService
-from widgetry.services.intake import enqueue
 from widgetry.services.keys import DEFAULT_SCOPES, ApiKeyService, KeyNameTaken, KeyNotFound
+from widgetry.services.publish import EventService
+from widgetry.services.queue import enqueue
 from widgetry.services.unavailable import is_unavailable
 from widgetry.services.units import unit_of_work
 

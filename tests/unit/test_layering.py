@@ -76,7 +76,7 @@ def test_the_source_tree_is_read() -> None:
     assert {"widgetry.app", "widgetry.services.commands", "widgetry.domain.models", "widgetry.workers.jobs"} <= set(
         SOURCES
     )
-    assert {"widgetry.services.intake", "widgetry.workers.jobs"} <= GRAPH["widgetry.workers.queue"]
+    assert {"widgetry.services.queue", "widgetry.workers.jobs"} <= GRAPH["widgetry.workers.queue"]
 
 
 def test_the_workers_never_import_the_api_or_what_drives_the_service() -> None:

@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import QueryParameter
 
-from widgetry.api.intake import provide_intake
+from widgetry.api.accept import provide_intake
 from widgetry.services.commands import CommandService
 from widgetry.services.widgets import WidgetService
 from widgetry.settings import Settings

@@ -20,6 +20,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, HeaderParameter, PathParameter
 from litestar.types import Guard
 
+from widgetry.api.accept import Intake
 from widgetry.api.dependencies import provide_widget_filters
 from widgetry.api.docs import (
     ACCEPTED,
@@ -32,7 +33,6 @@ from widgetry.api.docs import (
     problem_responses,
 )
 from widgetry.api.imports import CSV_MEDIA_TYPE, MAX_IMPORT_BYTES, parse_import
-from widgetry.api.intake import Intake
 from widgetry.api.problems import invalid, problem_exception
 from widgetry.api.schemas import CommandResource, WidgetCreate, WidgetPatch
 from widgetry.api.security import key_security, writer_guard

@@ -28,7 +28,7 @@ from widgetry.bench.channel import Agents, SaqWorkerJob, Stop
 from widgetry.bench.workload import Workload, stamped_values
 from widgetry.connections import build_alchemy
 from widgetry.migrating import upgrade_database
-from widgetry.services.intake import MAX_RETRY_DELAY_S, RETRY_DELAY_S
+from widgetry.services.queue import MAX_RETRY_DELAY_S, RETRY_DELAY_S
 from widgetry.services.widgets import WidgetService
 from widgetry.settings import Settings
 from widgetry.workers.queue import EmbeddedRedisQueue

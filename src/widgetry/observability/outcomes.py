@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from widgetry.connections import Connections
     from widgetry.domain.models import EventRecord
     from widgetry.observability.counts import Counts
-    from widgetry.services.events import Publish
+    from widgetry.services.publish import Publish
 
 log = structlog.get_logger()
 LOGGER = "widgetry.commands"

@@ -1,10 +1,15 @@
-"""Accepting commands: each recorded with its sku's next seq, durable before anyone is told (the caller commits)."""
+"""Accepting commands: each recorded with its sku's next seq, durable before anyone is told, then queued. A web
+process records requests' commands with a group commit (`CommandIntake`); a command with an idempotency key, or an
+operator's, through `AcceptService` in the caller's unit of work."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
@@ -12,11 +17,25 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from widgetry.domain.commands import Command, CommandStatus, command_type, dump_command
+from widgetry.domain.commands import Command, CommandStatus, command_type, dump_command, encode_command
 from widgetry.domain.models import CommandRecord
+from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, Submission, command_fingerprint, next_seq, next_seqs
+from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
+from widgetry.services.queue import enqueue_or_leave_to_recovery
 from widgetry.services.unavailable import is_unavailable
+from widgetry.services.units import unit_of_work
 
+if TYPE_CHECKING:
+    from advanced_alchemy.config import SQLAlchemyAsyncConfig
+    from saq.queue import Queue
+
+    from widgetry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 200
+"""Commands recorded in one transaction and queued as one job, at most."""
 ACCEPT_COLUMNS = ("id", "type", "sku", "seq", "payload", "status", "accepted_at")
 
 
@@ -79,3 +98,82 @@ class AcceptService(CommandService):
             [{column: getattr(record, column) for column in ACCEPT_COLUMNS} for record in records],
         )
         return records
+
+
+class CommandIntake:
+    """Records write requests' commands with a group commit, and queues each batch as one job.
+
+    Requests arriving while a batch commits join the next one, so under load one transaction and one job carry
+    many commands, and a request alone is recorded at once. Nobody is answered before the commit that makes their
+    command durable. Each web process has one.
+    """
+
+    def __init__(self, alchemy: SQLAlchemyAsyncConfig, queue: Queue, settings: Settings) -> None:
+        self._alchemy = alchemy
+        self._queue = queue
+        self._settings = settings
+        self._batches = GroupCommit(self._record_and_queue, max_items=MAX_BATCH, name="widgetry-intake")
+        self._autocommit = autocommit_engine(alchemy.get_engine())
+        self._queueing: set[asyncio.Task[None]] = set()
+
+    async def accept(self, submission: Submission) -> CommandRecord:
+        """Records the command (committed) and queues it; returns its record."""
+        return await self._batches.submit(submission)
+
+    async def _record_and_queue(self, batch: list[Submission]) -> list[CommandRecord | Exception]:
+        """Records the batch, and queues it while its requests are answered: durable is what a client is promised
+        (a command recorded and not queued is queued by the recovery pass), so nobody waits on Redis, and the next
+        batch is recorded while this one is queued."""
+        outcomes = await self._record(batch)
+        if recorded := [outcome for outcome in outcomes if not isinstance(outcome, Exception)]:
+            task = asyncio.create_task(self._queue_recorded(recorded), name="widgetry-enqueue")
+            self._queueing.add(task)
+            task.add_done_callback(self._queueing.discard)
+        return outcomes
+
+    async def _queue_recorded(self, records: list[CommandRecord]) -> None:
+        try:
+            await enqueue_or_leave_to_recovery(self._queue, self._settings, records)
+        except Exception:
+            logger.exception("%d commands recorded, not queued: left to the recovery pass", len(records))
+
+    async def drain(self) -> None:
+        """Waits for the batches still being queued: as the process stops, before its Redis client closes."""
+        while self._queueing:
+            await asyncio.gather(*self._queueing, return_exceptions=True)
+
+    async def _record(self, batch: list[Submission]) -> list[CommandRecord | Exception]:
+        """Records the batch in one transaction. A database that is down fails them all (a 503 each); something
+        it refused in one command is found by recording them one by one, so only that one fails."""
+        try:
+            return list(await self._accept(batch))
+        except Exception as error:
+            if is_unavailable(error) or len(batch) == 1:
+                raise
+        outcomes: list[CommandRecord | Exception] = []
+        for submission in batch:
+            try:
+                outcomes += await self._accept([submission])
+            except Exception as error:  # noqa: BLE001 - this request's outcome
+                outcomes.append(error)
+        return outcomes
+
+    async def _accept(self, batch: list[Submission]) -> list[CommandRecord]:
+        if self._autocommit is None:
+            async with unit_of_work(self._alchemy) as session:
+                return await AcceptService(session=session).accept_many(batch)
+        # PostgreSQL: one statement on a connection outside any transaction, so it commits as it ends: one round
+        # trip (no BEGIN, no COMMIT) makes the batch durable.
+        accepted_at = datetime.now(UTC)
+        async with self._autocommit.connect() as connection:
+            await connection.execute(
+                RECORD_BATCH,
+                {
+                    "ids": [submission.id for submission in batch],
+                    "types": [command_type(submission.command) for submission in batch],
+                    "skus": [submission.sku for submission in batch],
+                    "payloads": [encode_command(submission.command) for submission in batch],
+                    "accepted_at": accepted_at,
+                },
+            )
+        return [submission.record(accepted_at) for submission in batch]

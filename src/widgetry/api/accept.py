@@ -20,10 +20,10 @@ from widgetry.domain.commands import Command, CommandStatus
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord
 from widgetry.observability import outcomes
-from widgetry.services.accept import AcceptService
+from widgetry.services.accept import AcceptService, CommandIntake
 from widgetry.services.commands import UNFINISHED, CommandService, Submission
 from widgetry.services.imports import ImportService
-from widgetry.services.intake import CommandIntake, enqueue_or_leave_to_recovery
+from widgetry.services.queue import enqueue_or_leave_to_recovery
 from widgetry.services.units import unit_of_work
 from widgetry.streaming.hub import EventHub
 
