@@ -75,8 +75,7 @@ class CommandApplier:
 
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
-        self._autocommit = autocommit_engine(connections.alchemy.get_engine())
-        self._applies: GroupCommit[Claimed, list[str]] = GroupCommit(
+        self._applies: GroupCommit[list[UUID], list[str]] = GroupCommit(
             self._apply, max_items=APPLY_JOBS_PER_BATCH, name="widgetry-apply"
         )
         self._publishes: GroupCommit[list[str], None] = GroupCommit(
@@ -84,34 +83,17 @@ class CommandApplier:
         )
 
     async def apply(self, command_ids: list[UUID]) -> None:
-        # On PostgreSQL each job claims its own commands as it starts, one statement outside any transaction, while
-        # the batch before it is still being applied: the claim's round trip is then off the batch's path.
-        targets = await claim(self._autocommit, command_ids) if self._autocommit is not None else None
-        if targets == {}:
-            return
-        skus = await self._applies.submit((command_ids, targets))
+        skus = await self._applies.submit(command_ids)
         if skus:
             await self._publishes.submit(skus)
 
-    async def _apply(self, jobs: list[Claimed]) -> list[list[str] | Exception]:
-        command_ids = [command_id for ids, _ in jobs for command_id in ids]
-        if any(targets is None for _, targets in jobs):
-            skus = await apply_batch(self._connections, command_ids)
-        else:
-            merged: dict[str, int] = {}
-            for _, targets in jobs:
-                for sku, seq in (targets or {}).items():
-                    merged[sku] = max(seq, merged.get(sku, 0))
-            skus = await apply_claimed(self._connections, merged, len(command_ids))
+    async def _apply(self, jobs: list[list[UUID]]) -> list[list[str] | Exception]:
+        skus = await apply_batch(self._connections, [command_id for command_ids in jobs for command_id in command_ids])
         return [skus] * len(jobs)
 
     async def _publish(self, jobs: list[list[str]]) -> list[Exception | None]:
         await publish_pending(self._connections, sorted({sku for skus in jobs for sku in skus}))
         return [None] * len(jobs)
-
-
-Claimed = tuple[list[UUID], "dict[str, int] | None"]
-"""A job's commands, and what their claim returned (`None`: not claimed yet, on SQLite, where the batch claims)."""
 
 
 async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list[str]:
@@ -123,15 +105,8 @@ async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list
     else:
         async with unit_of_work(alchemy) as session:
             targets = await ApplyService(session=session).claim(command_ids)
-    return await apply_claimed(connections, targets, len(command_ids))
-
-
-async def apply_claimed(connections: Connections, targets: dict[str, int], commands: int) -> list[str]:
-    """Applies claimed commands, each sku up to its target seq, in one transaction; returns the skus whose events
-    are then to be published."""
     if not targets:
         return []
-    alchemy = connections.alchemy
     try:
         async with unit_of_work(alchemy) as session:
             return await ApplyService(session=session).apply_many(targets)
@@ -140,7 +115,9 @@ async def apply_claimed(connections: Connections, targets: dict[str, int], comma
             raise
         # Something in the batch the database refused, or a bug: its transaction is gone; apply the batch again with
         # each command in a savepoint of its own, so the one at fault fails alone and leaves nothing of itself.
-        logger.warning("a batch of %d commands failed to apply together (%r): applying one at a time", commands, error)
+        logger.warning(
+            "a batch of %d commands failed to apply together (%r): applying one at a time", len(command_ids), error
+        )
         async with unit_of_work(alchemy) as session:
             return await ApplyService(session=session).apply_many(targets, careful=True)
 
