@@ -1,4 +1,4 @@
-"""The jobs workers run. Each opens its own session, calls the service layer, commits, then publishes."""
+"""The jobs workers run. Each opens its unit of work, calls the service layer, commits it, then publishes."""
 
 from __future__ import annotations
 
