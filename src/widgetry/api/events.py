@@ -47,13 +47,18 @@ at most this often when that is 0."""
 StillSignedIn = Callable[[ASGIConnection], Awaitable[bool]]
 
 
-@get(
-    "/events",
-    media_type="text/event-stream",
-    middleware=[StreamLimit()],
-    responses=EVENT_STREAM_RESPONSES,
-    cache_control=STREAM_CACHE_CONTROL,
-)
+def event_stream(path: str) -> get:
+    """The route of an event stream: each with a `StreamLimit` of its own, counting its clients' open streams."""
+    return get(
+        path,
+        media_type="text/event-stream",
+        middleware=[StreamLimit()],
+        responses=EVENT_STREAM_RESPONSES,
+        cache_control=STREAM_CACHE_CONTROL,
+    )
+
+
+@event_stream("/events")
 async def stream_events(
     request: Request[Any, Any, Any],
     hub: NamedDependency[EventHub],
@@ -66,13 +71,7 @@ async def stream_events(
     return _stream(request, hub, Filter(sku, _event_types(types)), last_event_id_header or last_event_id)
 
 
-@get(
-    "/widgets/{sku:str}/events",
-    media_type="text/event-stream",
-    middleware=[StreamLimit()],
-    responses=EVENT_STREAM_RESPONSES,
-    cache_control=STREAM_CACHE_CONTROL,
-)
+@event_stream("/widgets/{sku:str}/events")
 async def stream_widget_events(
     request: Request[Any, Any, Any],
     hub: NamedDependency[EventHub],
