@@ -47,30 +47,25 @@ async def enqueue(queue: Queue, settings: Settings, commands: Sequence[CommandRe
     is only re-run when it has `retries >= 2` and a `timeout`; both are set deliberately.
     """
     first = commands[0]
+    retried = {
+        "key": str(first.id),
+        "retries": settings.job_attempts,
+        "retry_delay": RETRY_DELAY_S,
+        "retry_backoff": MAX_RETRY_DELAY_S,
+        "ttl": 600,
+    }
     if first.type == IMPORT_TYPE:
         if len(commands) > 1:
             raise ValueError("an import is queued alone")
         job = await queue.enqueue(
-            IMPORT_WIDGETS,
-            key=str(first.id),
-            command_id=str(first.id),
-            retries=settings.job_attempts,
-            timeout=0,
-            heartbeat=IMPORT_HEARTBEAT_S,
-            retry_delay=RETRY_DELAY_S,
-            retry_backoff=MAX_RETRY_DELAY_S,
-            ttl=600,
+            IMPORT_WIDGETS, command_id=str(first.id), timeout=0, heartbeat=IMPORT_HEARTBEAT_S, **retried
         )
     else:
         job = await queue.enqueue(
             APPLY_COMMANDS,
-            key=str(first.id),
             command_ids=[str(command.id) for command in commands],
-            retries=settings.job_attempts,
             timeout=settings.job_timeout_seconds,
-            retry_delay=RETRY_DELAY_S,
-            retry_backoff=MAX_RETRY_DELAY_S,
-            ttl=600,
+            **retried,
         )
     return job is not None
 
