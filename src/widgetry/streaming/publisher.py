@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from redis.exceptions import NoScriptError
+
 from widgetry.domain.events import Event, encode_event
 
 if TYPE_CHECKING:
@@ -34,18 +36,29 @@ class EventPublisher:
         self._stream = stream
         self._max_len = max_len
         self._remember_s = int(remember_for.total_seconds())
-        self._publish_once = redis.register_script(PUBLISH_ONCE)
+        self._script = redis.register_script(PUBLISH_ONCE)
 
     async def publish(self, records: Sequence[EventRecord]) -> list[str]:
         if not records:
             return []
+        try:
+            ids = await self._publish(records)
+        except NoScriptError:
+            # A restarted or flushed Redis has forgotten the script: load it and publish again (safe: the script
+            # finds an event already added rather than adding it twice).
+            await self._redis.script_load(PUBLISH_ONCE)
+            ids = await self._publish(records)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def _publish(self, records: Sequence[EventRecord]) -> list[bytes | str]:
+        # EVALSHA straight into the pipeline: a registered script run through a pipeline first asks SCRIPT EXISTS,
+        # one more round trip on every publish.
         async with self._redis.pipeline(transaction=False) as pipe:
             for record in records:
                 fields = [part for pair in stream_fields(record).items() for part in pair]
-                keys = [self._stream, f"{self._stream}:published:{record.event_id}"]
-                await self._publish_once(keys=keys, args=[self._max_len, self._remember_s, *fields], client=pipe)
-            ids = await pipe.execute()
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+                published = f"{self._stream}:published:{record.event_id}"
+                pipe.evalsha(self._script.sha, 2, self._stream, published, self._max_len, self._remember_s, *fields)
+            return await pipe.execute()
 
 
 def stream_fields(record: EventRecord) -> dict[str, str | bytes]:
