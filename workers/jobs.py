@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -13,11 +13,11 @@ from saq.job import Status
 
 from widgetry.domain.problems import CommandFailed
 from widgetry.observability.outcomes import observed
-from widgetry.services.apply import ApplyService, claim
+from widgetry.services.apply import Applied, ApplyService, claim
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
-from widgetry.services.publish import EventService
+from widgetry.services.publish import EventService, publish_events_autocommit, publish_pending_autocommit
 from widgetry.services.queries.commands import autocommit_engine
 from widgetry.services.queue import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
 from widgetry.services.unavailable import is_unavailable
@@ -70,35 +70,36 @@ class CommandApplier:
 
     Applying and publishing are two group commits in a row, so they overlap: while one batch's events are published,
     the next batch is applied. A job ends once its events are published (or fails, to be run again, if they could
-    not be). Order on the stream is kept by the heads: a publish locks its skus' heads and puts every unpublished
-    event of theirs on the stream in commit order, whichever batch wrote them."""
+    not be). A batch that knows every unpublished event of its skus (it wrote them all) publishes them with no read;
+    otherwise the publish reads the skus' outbox. Either way each sku's events go out in commit order, whichever
+    batch or worker wrote them (see `widgetry.services.publish`)."""
 
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
-        self._applies: GroupCommit[list[UUID], list[str]] = GroupCommit(
+        self._applies: GroupCommit[list[UUID], Applied] = GroupCommit(
             self._apply, max_items=APPLY_JOBS_PER_BATCH, name="widgetry-apply"
         )
-        self._publishes: GroupCommit[list[str], None] = GroupCommit(
+        self._publishes: GroupCommit[Applied, None] = GroupCommit(
             self._publish, max_items=APPLY_JOBS_PER_BATCH, name="widgetry-publish"
         )
 
     async def apply(self, command_ids: list[UUID]) -> None:
-        skus = await self._applies.submit(command_ids)
-        if skus:
-            await self._publishes.submit(skus)
+        applied = await self._applies.submit(command_ids)
+        if applied.skus:
+            await self._publishes.submit(applied)
 
-    async def _apply(self, jobs: list[list[UUID]]) -> list[list[str] | Exception]:
-        skus = await apply_batch(self._connections, [command_id for command_ids in jobs for command_id in command_ids])
-        return [skus] * len(jobs)
+    async def _apply(self, jobs: list[list[UUID]]) -> list[Applied | Exception]:
+        applied = await apply_batch(self._connections, [command_id for ids in jobs for command_id in ids])
+        return [applied] * len(jobs)
 
-    async def _publish(self, jobs: list[list[str]]) -> list[Exception | None]:
-        await publish_pending(self._connections, sorted({sku for skus in jobs for sku in skus}))
+    async def _publish(self, jobs: list[Applied]) -> list[Exception | None]:
+        # The jobs of one apply batch share its outcome: each batch once, in the order applied.
+        await publish_applied(self._connections, list(dict.fromkeys(jobs)))
         return [None] * len(jobs)
 
 
-async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list[str]:
-    """Claims and applies the commands (see `ApplyService.apply_many`); returns the skus whose events are then to
-    be published."""
+async def apply_batch(connections: Connections, command_ids: list[UUID]) -> Applied:
+    """Claims and applies the commands (see `ApplyService.apply_many`); returns what is then to be published."""
     alchemy = connections.alchemy
     if (autocommit := autocommit_engine(alchemy.get_engine())) is not None:
         targets = await claim(autocommit, command_ids)
@@ -106,7 +107,7 @@ async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list
         async with unit_of_work(alchemy) as session:
             targets = await ApplyService(session=session).claim(command_ids)
     if not targets:
-        return []
+        return Applied()
     try:
         async with unit_of_work(alchemy) as session:
             return await ApplyService(session=session).apply_many(targets)
@@ -123,7 +124,23 @@ async def apply_batch(connections: Connections, command_ids: list[UUID]) -> list
 
 
 async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -> None:
-    await publish_pending(connections, await apply_batch(connections, command_ids))
+    await publish_applied(connections, [await apply_batch(connections, command_ids)])
+
+
+async def publish_applied(connections: Connections, batches: Sequence[Applied]) -> None:
+    """Publishes what applied batches left, in the order they were applied: their own events as they are when each
+    batch knows them all, else the outbox of all their skus."""
+    if any(batch.events is None for batch in batches):
+        await publish_pending(connections, sorted({sku for batch in batches for sku in batch.skus}))
+        return
+    events = [event for batch in batches for event in batch.events or ()]
+    if not events:
+        return
+    if (autocommit := autocommit_engine(connections.alchemy.get_engine())) is not None:
+        await publish_events_autocommit(autocommit, events, observed(connections))
+        return
+    async with unit_of_work(connections.alchemy) as session:
+        await EventService(session=session).publish_events(events, observed(connections))
 
 
 async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
@@ -210,6 +227,9 @@ async def publish_command_events(connections: Connections, command_id: UUID) -> 
 
 async def publish_pending(connections: Connections, skus: Collection[str]) -> None:
     if not skus:
+        return
+    if (autocommit := autocommit_engine(connections.alchemy.get_engine())) is not None:
+        await publish_pending_autocommit(autocommit, skus, observed(connections))
         return
     async with unit_of_work(connections.alchemy) as session:
         await EventService(session=session).publish_pending(skus, observed(connections))

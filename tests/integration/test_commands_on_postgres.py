@@ -17,6 +17,7 @@ from tests.unit.test_commands import (  # noqa: F401
     test_delete_removes_the_row_and_emits_widget_deleted,
     test_if_match_applies_only_at_that_version,
     test_marking_an_applied_command_failed_changes_nothing,
+    test_publishes_racing_over_one_sku_keep_its_order_and_add_nothing_twice,
     test_the_relay_publishes_events_committed_but_never_published,
     test_update_changes_only_the_given_fields_and_bumps_the_version,
 )

@@ -16,12 +16,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from tests.support import API_KEY, AUTH, WAIT, eventually, serve
 from tests.unit.state import CommandRecord, count, outbox, settled_stream, stream, unpublish_everything, widget_row
 from widgetry.app import create_app
+from widgetry.domain.commands import CreateWidget, UpdateWidget
 from widgetry.domain.problems import CommandFailed
 from widgetry.services import apply as apply_service
+from widgetry.services.accept import AcceptService
 from widgetry.services.apply import ApplyService
 from widgetry.services.units import unit_of_work
 from widgetry.settings import Settings
-from widgetry.workers.jobs import publish_pending, relay_unpublished, requeue_unfinished
+from widgetry.workers.jobs import apply_batch, publish_applied, publish_pending, relay_unpublished, requeue_unfinished
 
 PUBLIC_FIELDS = {"sku", "name", "price_cents", "version", "created_at", "updated_at"}
 SPROCKET = {"sku": "SPR-1", "name": "  Sprocket  ", "price_cents": 1999, "internal_notes": "supplier: Acme"}
@@ -321,3 +323,30 @@ async def test_a_command_shows_running_while_it_is_applied(
     assert [accepted.json()["status"], while_applied["status"], after["status"]] == ["accepted", "running", "succeeded"]
     assert while_applied["finished_at"] is None
     assert await widget_row(app, "SPR-1") is not None
+
+
+async def test_publishes_racing_over_one_sku_keep_its_order_and_add_nothing_twice(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    """Publishing takes no lock: the first batch's publish may come after the second's. The second batch finds the
+    first's event still unpublished as it applies, so it publishes from the outbox, that event first; the first's
+    late publish then finds its event on the stream already."""
+    connections = app.state.connections
+    async with unit_of_work(connections.alchemy) as session:
+        service = AcceptService(session=session)
+        first, _ = await service.accept("RACE-1", CreateWidget(values={"name": "Race", "price_cents": 1}))
+        second, _ = await service.accept("RACE-1", UpdateWidget(changes={"price_cents": 2}))
+
+    first_batch = await apply_batch(connections, [first.id])
+    second_batch = await apply_batch(connections, [second.id])
+    assert first_batch.events is not None, "a batch that found nothing unpublished publishes what it wrote"
+    assert second_batch.events is None, "the first batch's event was still unpublished: the second reads the outbox"
+    await publish_applied(connections, [second_batch])
+    await publish_applied(connections, [first_batch])
+
+    entries = await connections.redis.xrange(app.state.settings.events_stream)
+    assert [(envelope["type"], envelope["version"]) for envelope in await stream(app)] == [
+        ("widget.created", 1),
+        ("widget.updated", 2),
+    ]
+    assert [event.stream_id for event in await outbox(app)] == [entry_id.decode() for entry_id, _ in entries]

@@ -86,8 +86,8 @@ async def test_a_job_whose_command_a_later_job_already_applied_changes_nothing(
         service = AcceptService(session=session)
         first, _ = await service.accept("ORDER-1", CreateWidget(values={"name": "One", "price_cents": 1}))
         second, _ = await service.accept("ORDER-1", UpdateWidget(changes={"price_cents": 2}))
-    assert await apply_batch(app.state.connections, [second.id]) == ["ORDER-1"]
-    assert await apply_batch(app.state.connections, [first.id]) == ["ORDER-1"]
+    assert (await apply_batch(app.state.connections, [second.id])).skus == ["ORDER-1"]
+    assert (await apply_batch(app.state.connections, [first.id])).skus == ["ORDER-1"]
 
     row = await widget_row(app, "ORDER-1")
     assert row is not None

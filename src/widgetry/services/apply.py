@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, exists, select, update
 
 from widgetry.domain.commands import (
     Command,
@@ -34,14 +35,29 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+LEFT_UNPUBLISHED = exists().where(
+    EventRecord.sku.in_(bindparam("skus", expanding=True)), EventRecord.stream_id.is_(None)
+)
 PENDING_COMMANDS = (
-    select(CommandRecord)
+    # With each, whether the skus have events still unpublished: read under the heads' locks, so it holds for every
+    # event committed before this batch (the lock statement's own snapshot is older than the lock it waited for).
+    select(CommandRecord, LEFT_UNPUBLISHED.label("left_unpublished"))
     # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
     .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
     .order_by(CommandRecord.sku, CommandRecord.seq)
 )
 HEADS = WidgetHead.__table__
 MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
+
+
+@dataclass(eq=False)
+class Applied:
+    """What an apply leaves to publish once its caller has committed."""
+
+    skus: list[str] = field(default_factory=list)
+    events: list[EventRecord] | None = field(default_factory=list)
+    """Every unpublished event of the skus, in commit order, when the apply knows them all (it wrote them, and found
+    none left behind by an earlier publish): published as they are, with no read. `None`: read the skus' outbox."""
 
 
 class ApplyService(CommandService):
@@ -78,9 +94,9 @@ class ApplyService(CommandService):
             rows += result.tuples().all()
         return _targets(rows)
 
-    async def apply_many(self, targets: dict[str, int], *, careful: bool = False) -> list[str]:
+    async def apply_many(self, targets: dict[str, int], *, careful: bool = False) -> Applied:
         """Applies every pending command of the skus up to their targets' seqs (what `claim` returned), in accept
-        order; returns the skus, whose events are to be published once the caller has committed.
+        order; returns the skus, and what of theirs is to be published once the caller has committed.
 
         Re-running it (a re-delivered job, or a sibling job that already drained these) changes nothing: each sku's
         `applied_seq` is the fence. The skus' head rows are locked in sku order, so batches sharing skus queue behind
@@ -88,27 +104,33 @@ class ApplyService(CommandService):
         raises, and the caller may apply the batch again `careful`ly, in a new transaction: each command then in a
         savepoint of its own, so the one at fault fails alone and leaves nothing of itself.
         """
-        if targets:
-            await self._apply_pending(targets, careful=careful)
-        return sorted(targets)
+        if not targets:
+            return Applied()
+        return Applied(sorted(targets), await self._apply_pending(targets, careful=careful))
 
-    async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> None:
-        """Locks the skus' heads and applies their pending commands up to the targets' seqs."""
+    async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> list[EventRecord] | None:
+        """Locks the skus' heads and applies their pending commands up to the targets' seqs; returns the events
+        written, when they are all the skus have unpublished (see `Applied.events`)."""
         applied = await lock_heads(self.session, targets)
         behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
         if not behind:
-            return
-        pending = await self.session.scalars(PENDING_COMMANDS, {"skus": sorted(behind)})
+            return None
+        pending = (await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind)})).tuples().all()
         widgets = WidgetService(session=self.session)
         current = await widgets.current(behind)
-        for record in pending.all():
+        events: list[EventRecord] = []
+        for record, _ in pending:
             sku = record.sku or ""
             if applied[sku] < record.seq <= behind[sku]:
                 apply = self._apply_carefully if careful else self._apply_one
                 if (event := await apply(widgets, current, record)) is not None:
                     self.session.add(event)
+                    events.append(event)
         await self.session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(behind.items())])
         await self.session.flush()
+        if not pending or any(left_unpublished for _, left_unpublished in pending):
+            return None
+        return events
 
     async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord | None:
         """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)

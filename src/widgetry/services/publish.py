@@ -1,10 +1,18 @@
-"""The outbox: event rows written with each change, published to the stream in commit order per sku."""
+"""The outbox: event rows written with each change, published to the stream in commit order per sku.
+
+Publishing takes no lock. One sku's events are written under its head's lock, so their ids follow its commit order,
+and an event is committed before any later event of its sku exists. A publish reads its skus' unpublished events in
+id order and puts each on the stream through the publisher's publish-once script, in that order. So before any
+publish adds an event, each earlier event of its sku is on the stream already (published and recorded before the
+read) or goes out ahead of it in the same pipeline (or was added by another publish racing this one, which the
+script then finds): two publishes racing over one sku cannot put its events out of order, nor twice.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
@@ -12,7 +20,10 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import bindparam, delete, func, select, update
 
 from widgetry.domain.models import EventRecord
-from widgetry.services.heads import lock_heads
+from widgetry.services.queries import events as queries
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 Publish = Callable[[Sequence[EventRecord]], Awaitable[list[str]]]
 """Puts events on the stream in the order given and returns their stream ids. The outbox hands it rows read with
@@ -42,17 +53,17 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
     async def publish_pending(self, skus: Collection[str], publish: Publish) -> int:
         """Publishes the skus' unpublished events in the order they were committed, and marks them published (once
         the caller commits; an event published and not marked is published again, and the publisher puts it on the
-        stream once).
-
-        Their head rows are held meanwhile, so two workers cannot interleave one sku's events on the stream;
-        events a crashed or failed earlier publish left behind go out first. One read, one publish (pipelined)
-        and one update for the lot, however many skus a batch of commands touched.
+        stream once). Events a crashed or failed earlier publish left behind go out first. One read, one publish
+        (pipelined) and one update for the lot, however many skus a batch of commands touched; no lock (see the
+        module's docstring).
         """
-        session = self.repository.session
-        ordered = sorted(set(skus))
-        await lock_heads(session, ordered)
-        pending = list(await session.execute(PENDING_FOR_SKUS, {"skus": ordered}))
+        pending = list(await self.repository.session.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
         return await self._publish(pending, publish)
+
+    async def publish_events(self, events: Sequence[EventRecord], publish: Publish) -> int:
+        """Publishes events known to be all their skus have unpublished, in the order given (commit order), with no
+        read, and marks them published once the caller commits."""
+        return await self._publish(list(events), publish)
 
     async def publish_command_events(self, command_id: UUID, publish: Publish) -> int:
         """Publishes a command's own unpublished events (an import's progress and its outcome) in commit order. They
@@ -107,3 +118,22 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
             delete(EventRecord).where(EventRecord.stream_id.is_not(None), EventRecord.occurred_at < cutoff)
         )
         return result.rowcount
+
+
+async def publish_pending_autocommit(autocommit: AsyncEngine, skus: Collection[str], publish: Publish) -> int:
+    """`EventService.publish_pending` on PostgreSQL, as two single statements outside any transaction (the read,
+    and the stream ids recorded at once): no BEGIN or COMMIT round trip after every batch applied."""
+    async with autocommit.connect() as connection:
+        pending = list(await connection.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
+    return await publish_events_autocommit(autocommit, pending, publish)
+
+
+async def publish_events_autocommit(autocommit: AsyncEngine, events: Sequence[Any], publish: Publish) -> int:
+    """`EventService.publish_events` on PostgreSQL: the publish, then one statement outside any transaction."""
+    if events:
+        stream_ids = await publish(events)
+        async with autocommit.connect() as connection:
+            await connection.execute(
+                queries.RECORD_STREAM_IDS, {"rows": [event.id for event in events], "stream_ids": stream_ids}
+            )
+    return len(events)
