@@ -56,7 +56,9 @@ async def queued_jobs(app: Litestar) -> int:
 
 
 async def unpublish_everything(app: Litestar) -> None:
-    """Makes every event look committed a minute ago and never published: the stream emptied, the outbox unmarked."""
+    """Makes every event look committed a minute ago and never published: the stream emptied, the outbox unmarked.
+    Publishes still under way finish first: one recording its stream ids after this would undo it."""
+    await settled_stream(app)
     redis, events_stream = app.state.connections.redis, app.state.settings.events_stream
     await redis.delete(events_stream, *[key async for key in redis.scan_iter(f"{events_stream}:published:*")])
     async with app.state.connections.alchemy.get_session() as session:
