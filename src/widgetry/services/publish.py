@@ -23,7 +23,7 @@ from widgetry.domain.models import EventRecord
 from widgetry.services.queries import events as queries
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 Publish = Callable[[Sequence[EventRecord]], Awaitable[list[str]]]
 """Puts events on the stream in the order given and returns their stream ids. The outbox hands it rows read with
@@ -125,15 +125,21 @@ async def publish_pending_autocommit(autocommit: AsyncEngine, skus: Collection[s
     and the stream ids recorded at once): no BEGIN or COMMIT round trip after every batch applied."""
     async with autocommit.connect() as connection:
         pending = list(await connection.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
-    return await publish_events_autocommit(autocommit, pending, publish)
+        return await _publish_and_record(connection, pending, publish)
 
 
 async def publish_events_autocommit(autocommit: AsyncEngine, events: Sequence[Any], publish: Publish) -> int:
     """`EventService.publish_events` on PostgreSQL: the publish, then one statement outside any transaction."""
+    if not events:
+        return 0
+    async with autocommit.connect() as connection:
+        return await _publish_and_record(connection, events, publish)
+
+
+async def _publish_and_record(connection: AsyncConnection, events: Sequence[Any], publish: Publish) -> int:
     if events:
         stream_ids = await publish(events)
-        async with autocommit.connect() as connection:
-            await connection.execute(
-                queries.RECORD_STREAM_IDS, {"rows": [event.id for event in events], "stream_ids": stream_ids}
-            )
+        await connection.execute(
+            queries.RECORD_STREAM_IDS, {"rows": [event.id for event in events], "stream_ids": stream_ids}
+        )
     return len(events)

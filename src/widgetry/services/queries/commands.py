@@ -44,6 +44,11 @@ RECORD_BATCH = text(
 durable. Each sku's `accepted_seq` moves on by its count of commands (its head created if new; heads locked in sku
 order, as every other lock on heads), and the sku's commands take the seqs below it in the order given."""
 
+# `(SELECT set_config('synchronous_commit', 'off', true)) = 'off'` in a statement's condition (a subquery, so it is
+# evaluated once and the plan keeps its indexes): the statement's own commit then does not wait for its WAL to reach
+# the disk (it is visible at once all the same). For writes a crash may lose harmlessly, on the path of every
+# command. The setting lasts until that commit only; the next transaction that waits for the disk (the apply's) makes
+# the earlier write durable too, the WAL being written in order.
 CLAIM = text(
     """
     UPDATE commands SET status = 'running'
@@ -51,12 +56,13 @@ CLAIM = text(
         SELECT id FROM commands
         WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('accepted', 'running')
         FOR UPDATE SKIP LOCKED
-    )
+    ) AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
     RETURNING id, sku, seq
     """
 ).bindparams(bindparam("ids"))
 """PostgreSQL: marks the unfinished commands among these `running` (visible at once: autocommit) and returns their
-skus and seqs. Rows another transaction holds are skipped (see `ApplyService.claim`)."""
+skus and seqs. Rows another transaction holds are skipped (see `ApplyService.claim`). A claim lost in a crash costs
+nothing: its commands are still unfinished, and are applied all the same."""
 
 READ_TARGETS = text("SELECT id, sku, seq FROM commands WHERE id = ANY(CAST(:ids AS uuid[]))").bindparams(
     bindparam("ids")
