@@ -22,7 +22,7 @@ from widgetry.domain.commands import (
     load_command,
 )
 from widgetry.domain.events import EventType
-from widgetry.domain.models import CommandRecord, EventRecord, WidgetHead
+from widgetry.domain.models import CommandRecord, EventRecord, Widget, WidgetHead
 from widgetry.domain.problems import CommandFailed
 from widgetry.services.commands import UNFINISHED, CommandService, command_event
 from widgetry.services.heads import lock_head, lock_heads
@@ -39,9 +39,11 @@ LEFT_UNPUBLISHED = exists().where(
     EventRecord.sku.in_(bindparam("skus", expanding=True)), EventRecord.stream_id.is_(None)
 )
 PENDING_COMMANDS = (
-    # With each, whether the skus have events still unpublished: read under the heads' locks, so it holds for every
-    # event committed before this batch (the lock statement's own snapshot is older than the lock it waited for).
-    select(CommandRecord, LEFT_UNPUBLISHED.label("left_unpublished"))
+    # With each, its sku's widget as it is (the one round trip reads both), and whether the skus have events still
+    # unpublished. Read under the heads' locks, so both hold for everything committed before this batch (the lock
+    # statement's own snapshot is older than the lock it waited for).
+    select(CommandRecord, Widget, LEFT_UNPUBLISHED.label("left_unpublished"))
+    .outerjoin(Widget, Widget.sku == CommandRecord.sku)
     # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
     .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
     .order_by(CommandRecord.sku, CommandRecord.seq)
@@ -117,9 +119,9 @@ class ApplyService(CommandService):
             return None
         pending = (await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind)})).tuples().all()
         widgets = WidgetService(session=self.session)
-        current = await widgets.current(behind)
+        current: Current = {record.sku or "": widget for record, widget, _ in pending}
         events: list[EventRecord] = []
-        for record, _ in pending:
+        for record, _, _ in pending:
             sku = record.sku or ""
             if applied[sku] < record.seq <= behind[sku]:
                 apply = self._apply_carefully if careful else self._apply_one
@@ -128,7 +130,7 @@ class ApplyService(CommandService):
                     events.append(event)
         await self.session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(behind.items())])
         await self.session.flush()
-        if not pending or any(left_unpublished for _, left_unpublished in pending):
+        if not pending or any(left_unpublished for _, _, left_unpublished in pending):
             return None
         return events
 
