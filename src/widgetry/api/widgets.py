@@ -52,13 +52,15 @@ IMPORT_PARSERS = anyio.CapacityLimiter(2)
 takes the interpreter's lock from the event loop while it runs."""
 
 
-def sent_as(*media_types: str) -> Guard:
-    """Refuses (415) a body sent as any other media type, before it is read: Litestar's DTOs read a body as JSON
-    whatever its `Content-Type` says, and a client that sends something else has made a mistake worth telling."""
+def writes_sent_as(*media_types: str) -> Guard:
+    """The write guard (401, 403), then a refusal (415) of a body sent as any other media type, before it is read:
+    Litestar's DTOs read a body as JSON whatever its `Content-Type` says, and a client that sends something else has
+    made a mistake worth telling. One guard for both: Litestar copies the route handler for every guard it runs."""
     accepted = " or ".join(media_types)
 
     # A coroutine: Litestar runs a plain function guard in a thread, a hop that costs more than the check itself.
-    async def media_type_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def write_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        await writer_guard(connection, handler)
         media_type = connection.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         if media_type not in media_types:
             method = connection.scope["method"]  # type: ignore[typeddict-item]
@@ -71,10 +73,10 @@ def sent_as(*media_types: str) -> Guard:
                 | ({"Accept-Patch": ", ".join(media_types)} if method == "PATCH" else {}),
             )
 
-    return media_type_guard
+    return write_guard
 
 
-JSON_WRITE_GUARDS = [*WRITE_GUARDS, sent_as(JSON_MEDIA_TYPE)]
+JSON_WRITE_GUARDS = [writes_sent_as(JSON_MEDIA_TYPE)]
 IfMatch = Annotated[
     str | None,
     HeaderParameter(name="If-Match", description='Apply only if the widget is still at this version: `"<version>"`.'),
@@ -200,7 +202,7 @@ async def delete_widget(
 @post(
     "/widgets/imports",
     status_code=202,
-    guards=[*WRITE_GUARDS, sent_as(JSON_MEDIA_TYPE, CSV_MEDIA_TYPE)],
+    guards=[writes_sent_as(JSON_MEDIA_TYPE, CSV_MEDIA_TYPE)],
     security=WRITE_SECURITY,
     request_max_body_size=MAX_IMPORT_BYTES,
     operation_class=ImportOperation,
