@@ -93,6 +93,23 @@ async def test_a_subscriber_that_falls_behind_is_closed_and_resumes_by_id(hub: E
     assert [i for i, _ in resumed] == written[3:]
 
 
+async def test_a_subscriber_that_stops_reading_costs_the_others_nothing(hub: EventHub, redis: FakeRedis) -> None:
+    stalled = hub.subscribe(Filter(), None)
+    reading = hub.subscribe(Filter(), None)
+    assert await anext(stalled) == await anext(reading) == b"retry: 3000\r\n\r\n"
+    written = []
+    for _ in range(10):  # the buffer holds 3; the reading subscriber takes each entry before the next is written
+        written += await add(redis, 1)
+        assert [i for i, _ in await take(reading, 1)] == written[-1:]
+
+    async with asyncio.timeout(5):  # closed once its buffer overflowed: it sends what it holds, then ends
+        stalled_got = [message_id async for chunk in stalled for message_id, _ in parse(chunk) if message_id]
+
+    assert stalled_got == written[:3]
+    assert hub.subscriber_count == 1
+    await reading.aclose()
+
+
 async def test_a_cursor_older_than_the_stream_keeps_gets_stream_reset(hub: EventHub, redis: FakeRedis) -> None:
     trimmed = await add(redis, 5, maxlen=2)
 

@@ -39,6 +39,13 @@ cost no pause. Each wakeup costs a subscriber a write, some 30 µs here: with 1,
 second apart keep fan-out to about a third of a core however fast events come, for 100 ms of latency at most; with
 a handful of subscribers the pause is nil."""
 MAX_PAUSE_S = 0.1
+WAKE_SLICE = 256
+"""Subscribers woken per turn of the event loop. Each writes when woken, some 30-80 µs on this machine, so 10,000
+woken at once held the loop for most of a second: no request, not even the POST whose event is on its way, was
+served meanwhile. Between slices the loop serves the sockets that are ready."""
+KEEPALIVE_TICK_S = 0.5
+"""The keepalive loop pings one slice of the subscribers this often, each slice once per keepalive interval: woken
+all at once, 10,000 idle connections would stall the process for a good part of a second every interval."""
 
 
 class Entry:
@@ -63,6 +70,24 @@ class Entry:
         except (KeyError, UnicodeDecodeError):
             logger.warning("skipping stream entry %s: not a widgetry event", format_stream_id(stream_id))
             return None
+
+
+class Batch:
+    """The entries of one read that one filter matched, their SSE messages joined once for all its subscribers."""
+
+    __slots__ = ("entries", "first_id", "last_id", "message")
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        self.first_id = entries[0].id
+        self.last_id = entries[-1].id
+        self.message = entries[0].message if len(entries) == 1 else b"".join(entry.message for entry in entries)
+
+    def after(self, sent: StreamId) -> bytes:
+        """The messages of the entries past `sent` (those a replay has not already sent)."""
+        if self.first_id > sent:
+            return self.message
+        return b"".join(entry.message for entry in self.entries if entry.id > sent)
 
 
 class Filter:
@@ -94,41 +119,78 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
 class Subscription:
     """A bounded live buffer. A subscriber too slow to keep up is closed, never silently skipped: it resumes by id."""
 
-    __slots__ = ("_wakeup", "buffer", "closed", "limit", "matches", "ping_due")
+    __slots__ = ("_waiter", "active", "buffer", "buffered", "closed", "keepalive_slot", "limit", "matches", "ping_due")
 
     def __init__(self, matches: Filter, limit: int) -> None:
         self.matches = matches
         self.limit = limit
-        self.buffer: deque[Entry] = deque()
+        self.buffer: deque[Batch] = deque()
+        self.buffered = 0
+        """Entries in the buffer."""
         self.closed = False
         self.ping_due = False
-        self._wakeup = asyncio.Event()
+        self.keepalive_slot = 0
+        self.active = False
+        """Whether something was sent since the last keepalive round: a connection that carries events needs none."""
+        # A bare future, rather than an asyncio.Event: one wakeup per read and subscriber is the hot path of fan-out,
+        # and the event's own future, waiter list and flag cost more than this one future.
+        self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, entry: Entry) -> bool:
-        """Buffers the entry if it matches; says whether it did (the subscriber then has a write to make)."""
-        if self.closed or not self.matches(entry):
+    def offer(self, batch: Batch) -> bool:
+        """Buffers the batch (the entries that fit, then closes if some do not); says whether the subscriber is left
+        with something to write and waits for `wake` (a closed one is woken at once)."""
+        if self.closed:
             return False
-        if len(self.buffer) >= self.limit:
+        if self.buffered + len(batch.entries) > self.limit:
+            if (room := self.limit - self.buffered) > 0:
+                self._append(Batch(batch.entries[:room]))
             self.close()
             return False
-        self.buffer.append(entry)
-        self._wakeup.set()
+        self._append(batch)
         return True
 
+    def _append(self, batch: Batch) -> None:
+        self.buffer.append(batch)
+        self.buffered += len(batch.entries)
+        self.active = True
+
+    def take(self, sent: StreamId) -> tuple[bytes, StreamId]:
+        """Empties the buffer: the messages past `sent`, as one chunk, and the id of the last entry buffered."""
+        chunks = []
+        while self.buffer:
+            batch = self.buffer.popleft()
+            self.buffered -= len(batch.entries)
+            if batch.last_id > sent:
+                chunks.append(batch.after(sent))
+                sent = batch.last_id
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks), sent
+
     def ping(self) -> None:
+        if self.active:
+            self.active = False
+            return
         self.ping_due = True
-        self._wakeup.set()
+        self.wake()
 
     def close(self) -> None:
         self.closed = True
-        self._wakeup.set()
+        self.wake()
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def wait(self) -> None:
         """Returns when an entry arrives, a keepalive is due, or the subscription closes."""
-        # An event and a deque, rather than a queue: one wakeup takes everything buffered since the last. No timer
-        # per wait: the hub's keepalive loop pings everyone, which costs far less than a timeout per wakeup.
-        await self._wakeup.wait()
-        self._wakeup.clear()
+        # One wakeup takes everything buffered since the last. No timer per wait: the hub's keepalive loop pings
+        # everyone, which costs far less than a timeout per wakeup.
+        if self.buffer or self.ping_due or self.closed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 class EventHub:
@@ -139,10 +201,14 @@ class EventHub:
         self._keepalive = keepalive
         self._subscribers: set[Subscription] = set()
         # Who may want an entry, found without asking every subscriber: those filtering on skus are filed under
-        # each of theirs, the rest are asked every time. Thousands of subscribers watching one widget each then
-        # cost an event nothing but a dictionary lookup.
-        self._any_sku: set[Subscription] = set()
+        # each of theirs, the rest by the types they filter on. Thousands of subscribers watching one widget each then
+        # cost an event nothing but a dictionary lookup, and thousands watching everything share one batch per read.
+        self._any_sku: dict[frozenset[str] | None, set[Subscription]] = {}
         self._by_sku: dict[str, set[Subscription]] = {}
+        self._keepalive_slots: list[set[Subscription]] = [
+            set() for _ in range(max(1, round(keepalive / KEEPALIVE_TICK_S)))
+        ]
+        self._registered = 0
         self._finish_watchers: dict[str, dict[asyncio.Event, frozenset[str] | None]] = {}
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
@@ -197,6 +263,7 @@ class EventHub:
             subscription.close()
 
     async def _read_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 if self._position is None:
@@ -213,36 +280,63 @@ class EventHub:
                 logger.exception("event stream read failed; retrying in %ss", RECONNECT_DELAY)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
-            woken = sum(self._dispatch(entries) for name, entries in response or () if name != self._wakeup_key)
-            if (pause := min(MAX_PAUSE_S, woken * PAUSE_PER_SUBSCRIBER_S)) >= 0.001:
+            started = loop.time()
+            woken = [
+                subscription
+                for name, entries in response or ()
+                if name != self._wakeup_key
+                for subscription in self._dispatch(entries)
+            ]
+            for start in range(0, len(woken), WAKE_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # the slice woken last writes, then the loop serves what else is ready
+                for subscription in woken[start : start + WAKE_SLICE]:
+                    subscription.wake()
+            # The pause counts from the read: the slices' writes take part of it, and only the rest is waited.
+            pause = min(MAX_PAUSE_S, len(woken) * PAUSE_PER_SUBSCRIBER_S) - (loop.time() - started)
+            if pause >= 0.001:
                 await asyncio.sleep(pause)
 
     async def _ping_forever(self) -> None:
-        """Wakes every subscriber once per keepalive interval; one with nothing to send sends a keepalive comment."""
+        """Wakes every subscriber once per keepalive interval, a slice at a time; one that sent nothing since the
+        last round sends a keepalive comment."""
+        tick = self._keepalive / len(self._keepalive_slots)
         while True:
-            await asyncio.sleep(self._keepalive)
-            for subscription in list(self._subscribers):
-                subscription.ping()
+            for slot in self._keepalive_slots:
+                await asyncio.sleep(tick)
+                for subscription in list(slot):
+                    subscription.ping()
 
-    def _dispatch(self, raw_entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
-        """Hands the entries to the matching subscribers; returns how many subscribers have something to write."""
+    def _dispatch(self, raw_entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Subscription]:
+        """Buffers the entries for the matching subscribers; returns those to wake, which have something to write."""
         # No await in here: a subscriber registering between two reads sees either all of a batch live, or none.
-        woken: set[Subscription] = set()
+        entries = []
         for raw_id, fields in raw_entries:
             stream_id = parse_stream_id(raw_id) or ORIGIN
             self._position = stream_id
             if (entry := Entry.parse(stream_id, fields)) is None:
                 continue
-            for subscription in self._any_sku:
-                if subscription.offer(entry):
-                    woken.add(subscription)
-            for subscription in self._by_sku.get(entry.sku or "", ()):
-                if subscription.offer(entry):
-                    woken.add(subscription)
+            entries.append(entry)
             for finished, outcomes in self._finish_watchers.get(entry.command_id, {}).items():
                 if entry.type in outcomes if outcomes is not None else entry.type != PROGRESS:
                     finished.set()
-        return len(woken)
+        if not entries:
+            return []
+        woken = []
+        for types, subscriptions in self._any_sku.items():
+            if matched := entries if types is None else [entry for entry in entries if entry.type in types]:
+                batch = Batch(matched)
+                woken += [subscription for subscription in subscriptions if subscription.offer(batch)]
+        if self._by_sku:
+            per_subscription: dict[Subscription, list[Entry]] = {}
+            for entry in entries:
+                for subscription in self._by_sku.get(entry.sku or "", ()):
+                    if subscription.matches(entry):
+                        per_subscription.setdefault(subscription, []).append(entry)
+            woken += [
+                subscription for subscription, matched in per_subscription.items() if subscription.offer(Batch(matched))
+            ]
+        return woken
 
     @contextlib.asynccontextmanager
     async def watch_command(
@@ -307,14 +401,10 @@ class EventHub:
             while True:
                 # Everything buffered since the last wakeup goes out as one write: with many subscribers, the cost is
                 # in the wakeups and writes per subscriber, not in the bytes.
-                messages = []
-                while subscription.buffer:
-                    entry = subscription.buffer.popleft()
-                    if entry.id > sent:
-                        sent = entry.id
-                        messages.append(entry.message)
-                if messages:
-                    yield b"".join(messages)
+                if subscription.buffer:
+                    messages, sent = subscription.take(sent)
+                    if messages:
+                        yield messages
                 if subscription.closed:
                     return
                 await subscription.wait()
@@ -328,16 +418,24 @@ class EventHub:
 
     def _register(self, subscription: Subscription) -> None:
         self._subscribers.add(subscription)
+        subscription.keepalive_slot = self._registered % len(self._keepalive_slots)
+        self._registered += 1
+        self._keepalive_slots[subscription.keepalive_slot].add(subscription)
         if (skus := subscription.matches.skus) is None:
-            self._any_sku.add(subscription)
+            self._any_sku.setdefault(subscription.matches.types, set()).add(subscription)
         else:
             for sku in skus:
                 self._by_sku.setdefault(sku, set()).add(subscription)
 
     def _unregister(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+        self._keepalive_slots[subscription.keepalive_slot].discard(subscription)
         if (skus := subscription.matches.skus) is None:
-            self._any_sku.discard(subscription)
+            types = subscription.matches.types
+            if (watchers := self._any_sku.get(types)) is not None:
+                watchers.discard(subscription)
+                if not watchers:
+                    del self._any_sku[types]
             return
         for sku in skus:
             if (watchers := self._by_sku.get(sku)) is not None:
