@@ -233,5 +233,12 @@ class Exposition:
 
 
 def prometheus_config() -> PrometheusConfig:
-    # Paths grouped by route (`/widgets/{sku}`), or every sku would make a time series of its own.
-    return PrometheusConfig(app_name="widgetry", prefix="widgetry_http", group_path=True, exclude=[r"^/metrics$"])
+    # Paths grouped by route (`/widgets/{sku}`), or every sku would make a time series of its own. Event streams are
+    # left out: the middleware wraps every chunk a response sends, a cost on each event to each subscriber, and a
+    # stream's "duration" is how long a client watched; `widgetry_sse_subscribers` counts them instead.
+    return PrometheusConfig(
+        app_name="widgetry",
+        prefix="widgetry_http",
+        group_path=True,
+        exclude=[r"^/metrics$", r"^/events$", r"^/widgets/[^/]+/events$"],
+    )
