@@ -22,12 +22,12 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.observability.counts import Counts
+from widgetry.sqlite import create_sqlite_engine
 from widgetry.streaming.publisher import EventPublisher
 
 if TYPE_CHECKING:
     from widgetry.settings import Settings
 
-SQLITE_BUSY_TIMEOUT_S = 30
 PING_AFTER_IDLE_S = 2.0
 
 
@@ -46,8 +46,7 @@ def build_redis(settings: Settings) -> Redis:
 def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_sqlite_engine(url)
     else:
         # LIFO: the connections in use stay few and warm, and the ones left idle are those `_ping_if_idle` checks.
         engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)
@@ -84,16 +83,6 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         dbapi_connection.ping()
     except Exception as error:
         raise DisconnectionError(f"a pooled connection failed its ping: {error!r}") from error
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers work while the in-process worker writes; the busy timeout makes writers queue, not fail.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 @dataclass
