@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.observability.counts import Counts
 from widgetry.sqlite import create_sqlite_engine
-from widgetry.streaming.publisher import EventPublisher
+from widgetry.streaming.publisher import EventPublisher, InProcessEventPublisher
 
 if TYPE_CHECKING:
     from widgetry.settings import Settings
@@ -104,7 +104,7 @@ class Connections:
             settings=settings,
             redis=redis,
             alchemy=build_alchemy(settings),
-            publisher=EventPublisher(
+            publisher=(InProcessEventPublisher if settings.embedded_redis else EventPublisher)(
                 redis,
                 settings.events_stream,
                 settings.stream_max_len,
