@@ -15,7 +15,7 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
-from widgetry.compat import InProcessEnqueue, adopt_workers
+from widgetry.compat import adopt_workers
 from widgetry.observability import tracing
 from widgetry.observability.counts import flushing
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
@@ -85,8 +85,8 @@ class CommandQueue(RedisQueue):
             return None
 
 
-class EmbeddedRedisQueue(InProcessEnqueue, CommandQueue):
-    """SAQ's Redis queue, made to work on the in-process fakeredis (and to enqueue there without a Lua script).
+class EmbeddedRedisQueue(CommandQueue):
+    """SAQ's Redis queue, made to work on the in-process fakeredis.
 
     fakeredis has no `INFO` (which `RedisQueue.version()` calls, so the worker would never dequeue), and its async
     `BLMOVE` returns at once instead of blocking, so an idle worker would spin a core. Here a dequeue tries a

@@ -28,17 +28,14 @@ from litestar.dto._backend import DTOBackend
 # The DTO backend whose `parse_raw` decodes a request body: the only place to make decoding strict (`"100"` is not a
 # price). Litestar exports no backend, and `DTOConfig` has no option for strictness.
 from litestar.dto._codegen_backend import DTOCodegenBackend
-from saq.queue.redis import RedisQueue
 
 if TYPE_CHECKING:
     from litestar_saq import SAQPlugin, Worker
-    from saq.job import Job
 
 __all__ = (
     "DTOBackend",
     "DTOCodegenBackend",
     "InPlaceConnection",
-    "InProcessEnqueue",
     "LitestarGroup",
     "SchemaCreator",
     "adopt_workers",
@@ -108,31 +105,3 @@ class InPlaceConnection(aiosqlite.Connection):
 
     def after_call(self) -> None:
         """Runs after every call, whichever way it came (idempotent: may run twice for one call)."""
-
-
-class InProcessEnqueue(RedisQueue):
-    """SAQ's Redis queue, enqueueing without its Lua script, for a Redis that only this process reaches.
-
-    SAQ offers no other enqueue: `_enqueue` runs a script that stores the job and queues it unless a job with its key
-    is queued, running or being aborted (`_incomplete`, the abort key). The in-process fakeredis compiles and runs a
-    script anew on every call, twice the cost of the commands it makes, on the path of every command. The same check
-    and writes as plain commands, under a lock that every enqueue of this process takes, are as atomic as the script
-    when no other process can reach the server.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._enqueue_lock = asyncio.Lock()
-
-    async def _enqueue(self, job: Job) -> Job | None:
-        async with self._enqueue_lock:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                queued, aborting = await pipe.zscore(self._incomplete, job.id).exists(job.abort_id).execute()
-            if queued is not None or aborting:
-                return None
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(job.id, self.serialize(job)).zadd(self._incomplete, {job.id: job.scheduled})
-                if not job.scheduled:
-                    pipe.rpush(self._queued, job.id)
-                await pipe.execute()
-        return job
