@@ -8,7 +8,11 @@ these libraries.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
 
 # The parameter type of `AbstractDTO.create_openapi_schema`, a public method whose signature names this private class.
 from litestar._openapi.schema_generation import SchemaCreator
@@ -28,7 +32,14 @@ from litestar.dto._codegen_backend import DTOCodegenBackend
 if TYPE_CHECKING:
     from litestar_saq import SAQPlugin, Worker
 
-__all__ = ("DTOBackend", "DTOCodegenBackend", "LitestarGroup", "SchemaCreator", "adopt_workers")
+__all__ = (
+    "DTOBackend",
+    "DTOCodegenBackend",
+    "InPlaceConnection",
+    "LitestarGroup",
+    "SchemaCreator",
+    "adopt_workers",
+)
 
 
 def adopt_workers(plugin: SAQPlugin, worker_class: type[Worker]) -> None:
@@ -43,3 +54,54 @@ def adopt_workers(plugin: SAQPlugin, worker_class: type[Worker]) -> None:
     for worker in plugin.get_workers().values():
         worker.__class__ = worker_class
         worker._enable_heartbeat_manager = False  # noqa: SLF001 - see the docstring
+
+
+class _InPlace:
+    """Stands in for the queue aiosqlite feeds its connection thread (`_tx`): runs each call at once and settles its
+    future. SQLAlchemy's adapter puts calls on that queue directly too, and aiosqlite's `stop` closes through it."""
+
+    def __init__(self, connection: InPlaceConnection) -> None:
+        self._connection = connection
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any] | None, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, as aiosqlite's thread does
+            if future is not None and not future.done():
+                future.set_exception(error)
+        else:
+            if future is not None and not future.done():
+                future.set_result(result)
+        finally:
+            self._connection.after_call()
+
+
+class InPlaceConnection(aiosqlite.Connection):
+    """aiosqlite's connection without its thread: each call runs in place, on the event loop (why: `widgetry.sqlite`).
+
+    aiosqlite has no such mode. It runs every call by putting it on `_tx`, the queue its thread reads, through
+    `_execute` (statements, commits) or directly (connecting, closing), and connects in `_connect`, which `__await__`
+    calls after starting the thread. Here `_tx` runs calls at once and the thread is never started;
+    `before_call`/`after_call` are the hooks a subclass adds its own rules with.
+    """
+
+    def __init__(self, connector: Callable[[], Any]) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self._tx = _InPlace(self)  # type: ignore[assignment]
+
+    def __await__(self) -> Any:
+        return self._connect().__await__()
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        await self.before_call(fn, args)
+        try:
+            return await super()._execute(fn, *args, **kwargs)
+        finally:
+            self.after_call()
+
+    async def before_call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Runs before each call aiosqlite makes through `_execute`."""
+
+    def after_call(self) -> None:
+        """Runs after every call, whichever way it came (idempotent: may run twice for one call)."""

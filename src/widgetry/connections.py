@@ -22,12 +22,12 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from widgetry.observability.counts import Counts
-from widgetry.streaming.publisher import EventPublisher
+from widgetry.sqlite import create_sqlite_engine
+from widgetry.streaming.publisher import EventPublisher, InProcessEventPublisher
 
 if TYPE_CHECKING:
     from widgetry.settings import Settings
 
-SQLITE_BUSY_TIMEOUT_S = 30
 PING_AFTER_IDLE_S = 2.0
 
 
@@ -39,15 +39,17 @@ def migrations_path() -> Path:
 
 def build_redis(settings: Settings) -> Redis:
     if settings.embedded_redis:
-        return FakeRedis(server=FakeServer())
+        # No socket timeout: with one, redis-py wraps every write in `asyncio.wait_for`, a task and two more turns of
+        # the event loop per command (measured: twice the cost of a GET, and each turn waits behind the requests the
+        # loop is serving). A server in this process answers as the command is written, or never.
+        return FakeRedis(server=FakeServer(), socket_timeout=None)
     return Redis.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[arg-type]
 
 
 def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_sqlite_engine(url)
     else:
         # LIFO: the connections in use stay few and warm, and the ones left idle are those `_ping_if_idle` checks.
         engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)
@@ -86,16 +88,6 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         raise DisconnectionError(f"a pooled connection failed its ping: {error!r}") from error
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers work while the in-process worker writes; the busy timeout makes writers queue, not fail.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
 @dataclass
 class Connections:
     settings: Settings
@@ -112,7 +104,7 @@ class Connections:
             settings=settings,
             redis=redis,
             alchemy=build_alchemy(settings),
-            publisher=EventPublisher(
+            publisher=(InProcessEventPublisher if settings.embedded_redis else EventPublisher)(
                 redis,
                 settings.events_stream,
                 settings.stream_max_len,

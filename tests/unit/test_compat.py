@@ -10,6 +10,8 @@ import ast
 import functools
 import importlib
 import inspect
+import sqlite3
+import threading
 from importlib.metadata import version
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from tests.unit.test_layering import SOURCES, module_of
 from widgetry import compat
 from widgetry.workers.queue import CommandWorker
 
-LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy")
+LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy", "aiosqlite")
 """Whose private names only `compat` may use."""
 
 
@@ -86,6 +88,19 @@ async def test_adopted_workers_are_the_service_s_and_start_no_heartbeat_manager(
 
     assert started == [(CommandWorker, None)] * len(workers), moved(
         "litestar_saq.Worker._enable_heartbeat_manager", "litestar-saq", "no longer keeps the heartbeat manager off"
+    )
+
+
+async def test_an_in_place_aiosqlite_connection_runs_its_calls_without_a_thread() -> None:
+    threads = threading.active_count()
+    connection = await compat.InPlaceConnection(lambda: sqlite3.connect(":memory:"))
+    cursor = await connection.execute("SELECT 40 + 2")
+    row = await cursor.fetchone()
+    await connection.close()
+
+    assert row == (42,)
+    assert threading.active_count() == threads, moved(
+        "aiosqlite.Connection._tx, _execute, _connect", "aiosqlite", "no longer runs every call through them"
     )
 
 

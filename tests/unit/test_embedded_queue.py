@@ -44,3 +44,18 @@ async def test_a_waiting_dequeue_takes_a_job_as_soon_as_it_is_enqueued_and_again
     assert (dequeued.key, dequeued.function) == ("job-1", "apply")
     assert retried is not None
     assert (retried.key, retried.error) == ("job-1", "the worker stopped")
+
+
+async def test_a_job_enqueued_again_while_it_is_queued_is_not_queued_twice() -> None:
+    queue = EmbeddedRedisQueue(FakeRedis(server=FakeServer()), name="embedded")
+
+    first = await queue.enqueue(Job("apply", key="job-1", retries=2))
+    again = await queue.enqueue(Job("apply", key="job-1", retries=2))
+    dequeued = await queue.dequeue(timeout=WELL_BEFORE_THE_WAKE_TIMEOUT_S)
+    nothing_more = await queue.dequeue(timeout=WELL_BEFORE_THE_WAKE_TIMEOUT_S)
+
+    assert first is not None
+    assert again is None
+    assert dequeued is not None
+    assert dequeued.key == "job-1"
+    assert nothing_more is None

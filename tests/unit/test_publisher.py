@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
 from widgetry.domain.models import EventRecord
-from widgetry.streaming.publisher import EventPublisher
+from widgetry.streaming.publisher import EventPublisher, InProcessEventPublisher
 
 
 def event(n: int) -> EventRecord:
@@ -24,9 +25,12 @@ def event(n: int) -> EventRecord:
     )
 
 
-async def test_publishing_an_event_again_returns_its_stream_id_and_adds_nothing() -> None:
+@pytest.mark.parametrize("publisher_class", [EventPublisher, InProcessEventPublisher])
+async def test_publishing_an_event_again_returns_its_stream_id_and_adds_nothing(
+    publisher_class: type[EventPublisher],
+) -> None:
     redis = FakeRedis(server=FakeServer())
-    publisher = EventPublisher(redis, "t:events", max_len=100, remember_for=timedelta(days=1))
+    publisher = publisher_class(redis, "t:events", max_len=100, remember_for=timedelta(days=1))
     first, second = event(1), event(2)
 
     ids = await publisher.publish([first])

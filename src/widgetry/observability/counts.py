@@ -77,6 +77,10 @@ async def flushing(counts: Counts) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             await counts.flush()
+            # A cancellation that reaches the flush inside the Redis pipeline can be taken in there and not passed
+            # on (seen: the stop below then waited for ever on a loop gone back to sleep).
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     task = asyncio.create_task(flush_forever(), name="widgetry-metrics-flush")
     try:
