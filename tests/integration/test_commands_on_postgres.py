@@ -5,6 +5,7 @@ from tests.unit.test_bad_input import (  # noqa: F401
     test_writes_without_a_valid_key_are_401,
 )
 from tests.unit.test_commands import (  # noqa: F401
+    test_a_batch_publishes_what_an_earlier_publish_of_its_skus_left_behind,
     test_a_command_shows_running_while_it_is_applied,
     test_a_command_whose_enqueue_failed_is_recorded_and_queued_by_the_recovery_pass,
     test_a_failed_command_keeps_its_outcome_when_a_later_one_on_its_sku_applies,

@@ -356,3 +356,23 @@ async def test_publishes_racing_over_one_sku_keep_its_order_and_add_nothing_twic
         ("widget.updated", 2),
     ]
     assert [event.stream_id for event in await outbox(app)] == [entry_id.decode() for entry_id, _ in entries]
+
+
+async def test_a_batch_publishes_what_an_earlier_publish_of_its_skus_left_behind(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    """A job run again after its publish failed finds its command applied: its event, still unpublished, goes out
+    with the events of the batch it is in, not only later by the relay."""
+    connections = app.state.connections
+    async with unit_of_work(connections.alchemy) as session:
+        service = AcceptService(session=session)
+        left, _ = await service.accept("LEFT-1", CreateWidget(values={"name": "Left", "price_cents": 1}))
+        fresh, _ = await service.accept("FRESH-1", CreateWidget(values={"name": "Fresh", "price_cents": 1}))
+    await apply_batch(connections, [left.id])  # applied; its publish never happened
+
+    batch = await apply_batch(connections, [left.id, fresh.id])
+    assert batch.events is None, "LEFT-1 has an event left unpublished: the publish reads the outbox"
+    await publish_applied(connections, [batch])
+
+    assert sorted(envelope["sku"] for envelope in await stream(app)) == ["FRESH-1", "LEFT-1"]
+    assert all(event.stream_id for event in await outbox(app))

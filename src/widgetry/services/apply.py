@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEFT_UNPUBLISHED = exists().where(
-    EventRecord.sku.in_(bindparam("skus", expanding=True)), EventRecord.stream_id.is_(None)
+    # All the batch's skus, those already applied included: a job run again after its publish failed has nothing to
+    # apply, and its events still to publish.
+    EventRecord.sku.in_(bindparam("targets", expanding=True)),
+    EventRecord.stream_id.is_(None),
 )
 PENDING_COMMANDS = (
     # With each, its sku's widget as it is (the one round trip reads both), and whether the skus have events still
@@ -117,7 +120,11 @@ class ApplyService(CommandService):
         behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
         if not behind:
             return None
-        pending = (await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind)})).tuples().all()
+        pending = (
+            (await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind), "targets": sorted(targets)}))
+            .tuples()
+            .all()
+        )
         widgets = WidgetService(session=self.session)
         current: Current = {record.sku or "": widget for record, widget, _ in pending}
         events: list[EventRecord] = []
