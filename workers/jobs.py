@@ -17,7 +17,7 @@ from widgetry.services.apply import Applied, ApplyService, claim
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
-from widgetry.services.publish import EventService, publish_events_autocommit, publish_pending_autocommit
+from widgetry.services.publish import EventService, publish_pending_autocommit
 from widgetry.services.queries.commands import autocommit_engine
 from widgetry.services.queue import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
 from widgetry.services.unavailable import is_unavailable
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from saq.queue import Queue
 
     from widgetry.connections import Connections
-    from widgetry.domain.models import CommandRecord
+    from widgetry.domain.models import CommandRecord, EventRecord
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +130,11 @@ async def apply_and_publish(connections: Connections, command_ids: list[UUID]) -
 async def publish_applied(connections: Connections, batches: Sequence[Applied]) -> None:
     """Publishes what applied batches left, in the order they were applied: their own events as they are when each
     batch knows them all, else the outbox of all their skus."""
+    skus = sorted({sku for batch in batches for sku in batch.skus})
     if any(batch.events is None for batch in batches):
-        await publish_pending(connections, sorted({sku for batch in batches for sku in batch.skus}))
-        return
-    events = [event for batch in batches for event in batch.events or ()]
-    if not events:
-        return
-    if (autocommit := autocommit_engine(connections.alchemy.get_engine())) is not None:
-        await publish_events_autocommit(autocommit, events, observed(connections))
-        return
-    async with unit_of_work(connections.alchemy) as session:
-        await EventService(session=session).publish_events(events, observed(connections))
+        await publish_pending(connections, skus)
+    elif known := [event for batch in batches for event in batch.events or ()]:
+        await publish_pending(connections, skus, known)
 
 
 async def apply_command(ctx: dict[str, Any], *, command_id: str) -> None:
@@ -225,14 +219,17 @@ async def publish_command_events(connections: Connections, command_id: UUID) -> 
         await EventService(session=session).publish_command_events(command_id, observed(connections))
 
 
-async def publish_pending(connections: Connections, skus: Collection[str]) -> None:
+async def publish_pending(
+    connections: Connections, skus: Collection[str], known: Sequence[EventRecord] | None = None
+) -> None:
+    """Publishes the skus' unpublished events: `known`, when the caller knows them all, else read from the outbox."""
     if not skus:
         return
     if (autocommit := autocommit_engine(connections.alchemy.get_engine())) is not None:
-        await publish_pending_autocommit(autocommit, skus, observed(connections))
+        await publish_pending_autocommit(autocommit, skus, observed(connections), known)
         return
     async with unit_of_work(connections.alchemy) as session:
-        await EventService(session=session).publish_pending(skus, observed(connections))
+        await EventService(session=session).publish_pending(skus, observed(connections), known)
 
 
 async def relay_unpublished(ctx: dict[str, Any]) -> int:

@@ -23,7 +23,7 @@ from widgetry.domain.models import EventRecord
 from widgetry.services.queries import events as queries
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 Publish = Callable[[Sequence[EventRecord]], Awaitable[list[str]]]
 """Puts events on the stream in the order given and returns their stream ids. The outbox hands it rows read with
@@ -50,20 +50,19 @@ class EventRepository(SQLAlchemyAsyncRepository[EventRecord]):
 class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
     repository_type = EventRepository
 
-    async def publish_pending(self, skus: Collection[str], publish: Publish) -> int:
+    async def publish_pending(
+        self, skus: Collection[str], publish: Publish, known: Sequence[EventRecord] | None = None
+    ) -> int:
         """Publishes the skus' unpublished events in the order they were committed, and marks them published (once
         the caller commits; an event published and not marked is published again, and the publisher puts it on the
         stream once). Events a crashed or failed earlier publish left behind go out first. One read, one publish
         (pipelined) and one update for the lot, however many skus a batch of commands touched; no lock (see the
-        module's docstring).
+        module's docstring). `known`: those events, in commit order, when the caller knows them all (it wrote them):
+        no read then.
         """
-        pending = list(await self.repository.session.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
-        return await self._publish(pending, publish)
-
-    async def publish_events(self, events: Sequence[EventRecord], publish: Publish) -> int:
-        """Publishes events known to be all their skus have unpublished, in the order given (commit order), with no
-        read, and marks them published once the caller commits."""
-        return await self._publish(list(events), publish)
+        if known is None:
+            known = list(await self.repository.session.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
+        return await self._publish(list(known), publish)
 
     async def publish_command_events(self, command_id: UUID, publish: Publish) -> int:
         """Publishes a command's own unpublished events (an import's progress and its outcome) in commit order. They
@@ -120,26 +119,17 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
         return result.rowcount
 
 
-async def publish_pending_autocommit(autocommit: AsyncEngine, skus: Collection[str], publish: Publish) -> int:
-    """`EventService.publish_pending` on PostgreSQL, as two single statements outside any transaction (the read,
-    and the stream ids recorded at once): no BEGIN or COMMIT round trip after every batch applied."""
+async def publish_pending_autocommit(
+    autocommit: AsyncEngine, skus: Collection[str], publish: Publish, known: Sequence[Any] | None = None
+) -> int:
+    """`EventService.publish_pending` on PostgreSQL, as single statements outside any transaction (the read unless
+    the events are `known`, and the stream ids recorded at once): no BEGIN or COMMIT round trip after every batch."""
     async with autocommit.connect() as connection:
-        pending = list(await connection.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
-        return await _publish_and_record(connection, pending, publish)
-
-
-async def publish_events_autocommit(autocommit: AsyncEngine, events: Sequence[Any], publish: Publish) -> int:
-    """`EventService.publish_events` on PostgreSQL: the publish, then one statement outside any transaction."""
-    if not events:
-        return 0
-    async with autocommit.connect() as connection:
-        return await _publish_and_record(connection, events, publish)
-
-
-async def _publish_and_record(connection: AsyncConnection, events: Sequence[Any], publish: Publish) -> int:
-    if events:
-        stream_ids = await publish(events)
-        await connection.execute(
-            queries.RECORD_STREAM_IDS, {"rows": [event.id for event in events], "stream_ids": stream_ids}
-        )
-    return len(events)
+        if known is None:
+            known = list(await connection.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
+        if known:
+            stream_ids = await publish(known)
+            await connection.execute(
+                queries.RECORD_STREAM_IDS, {"rows": [event.id for event in known], "stream_ids": stream_ids}
+            )
+    return len(known)
