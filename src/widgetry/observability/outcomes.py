@@ -38,14 +38,10 @@ def accepted(connections: Connections, record: CommandRecord) -> None:
 
 def observed(connections: Connections) -> Publish:
     """The publisher, counting and telling each event it put on the stream."""
-    publish, counts = connections.publisher.publish, connections.counts
-    traced = tracing.INSTALLED and connections.settings.otel
+    publish, counts, settings = connections.publisher.publish, connections.counts, connections.settings
 
     async def publish_and_tell(records: Sequence[EventRecord]) -> list[str]:
-        if traced:
-            with tracing.span("widgetry publish", events=len(records)):
-                stream_ids = await publish(records)
-        else:
+        with tracing.span(settings, "widgetry publish", events=len(records)):
             stream_ids = await publish(records)
         counts.published(len(stream_ids))
         for record, stream_id in zip(records, stream_ids, strict=True):

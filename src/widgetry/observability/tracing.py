@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -81,11 +80,12 @@ async def leave_job_span(ctx: dict[str, Any]) -> None:
         context.detach(token)
 
 
-@contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[None]:
-    """A span around a step, child of the current one; nothing without the extra (and a no-op span when off)."""
-    if not INSTALLED:
-        yield
-        return
-    with trace.get_tracer("widgetry").start_as_current_span(name, attributes=attributes):
-        yield
+NO_SPAN = contextlib.nullcontext()
+
+
+def span(settings: Settings, name: str, **attributes: Any) -> contextlib.AbstractContextManager[object]:
+    """A span around a step, child of the current one, when tracing is on; else nothing at all (not even OpenTelemetry's
+    no-op span: a step on every command's path would pay for it)."""
+    if not (INSTALLED and settings.otel):
+        return NO_SPAN
+    return trace.get_tracer("widgetry").start_as_current_span(name, attributes=attributes)
