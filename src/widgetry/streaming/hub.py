@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING
 
@@ -124,7 +123,8 @@ class Subscription:
     def __init__(self, matches: Filter, limit: int) -> None:
         self.matches = matches
         self.limit = limit
-        self.buffer: deque[Batch] = deque()
+        self.buffer: list[Batch] = []
+        """A list, not a deque: it is emptied whole, and an empty deque is 600 bytes more of each open stream."""
         self.buffered = 0
         """Entries in the buffer."""
         self.closed = False
@@ -157,9 +157,8 @@ class Subscription:
     def take(self, sent: StreamId) -> tuple[bytes, StreamId]:
         """Empties the buffer: the messages past `sent`, as one chunk, and the id of the last entry buffered."""
         chunks = []
-        while self.buffer:
-            batch = self.buffer.popleft()
-            self.buffered -= len(batch.entries)
+        batches, self.buffer, self.buffered = self.buffer, [], 0
+        for batch in batches:
             if batch.last_id > sent:
                 chunks.append(batch.after(sent))
                 sent = batch.last_id
