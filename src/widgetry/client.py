@@ -291,7 +291,8 @@ class _Resumable:
         return pause * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 
-def _base_url(url: str | None) -> str:
+def service_url(url: str | None = None) -> str:
+    """`url`, else `WIDGETRY_URL`, else the local default."""
     return url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
 
 
@@ -317,7 +318,7 @@ class WidgetryClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._http = httpx.Client(
-            base_url=_base_url(url), headers=_headers(api_key), timeout=timeout, transport=transport
+            base_url=service_url(url), headers=_headers(api_key), timeout=timeout, transport=transport
         )
 
     def __enter__(self) -> WidgetryClient:
@@ -453,7 +454,7 @@ class AsyncWidgetryClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=_base_url(url), headers=_headers(api_key), timeout=timeout, transport=transport
+            base_url=service_url(url), headers=_headers(api_key), timeout=timeout, transport=transport
         )
 
     async def __aenter__(self) -> AsyncWidgetryClient:

@@ -14,8 +14,6 @@ from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
     SQLAlchemyAsyncConfig,
 )
-from fakeredis import FakeServer
-from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
@@ -39,6 +37,10 @@ def migrations_path() -> Path:
 
 def build_redis(settings: Settings) -> Redis:
     if settings.embedded_redis:
+        # Imported here: a process on a real Redis need not hold fakeredis (3 MB of every web and worker process).
+        from fakeredis import FakeServer  # noqa: PLC0415
+        from fakeredis.aioredis import FakeRedis  # noqa: PLC0415
+
         # No socket timeout: with one, redis-py wraps every write in `asyncio.wait_for`, a task and two more turns of
         # the event loop per command (measured: twice the cost of a GET, and each turn waits behind the requests the
         # loop is serving). A server in this process answers as the command is written, or never.

@@ -12,11 +12,15 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
 
-from widgetry.client import DEFAULT_URL, STREAM_RESET, URL_VARIABLE, AsyncWidgetryClient, Event, ProblemError
+from widgetry.domain.events import STREAM_RESET
+
+if TYPE_CHECKING:
+    from widgetry.client import Event
 
 APP_PATH = "widgetry.app:create_app"
 HELP = """widgetry: a widget catalogue whose writes are commands.
@@ -58,12 +62,15 @@ OMITTED_DATA = frozenset({"sku", "version", "created_at", "updated_at"})
     name="tail",
     help="Print events as they happen, for ever, resuming where it left off after a disconnect or a server restart.",
 )
-@click.option("--url", envvar=URL_VARIABLE, default=DEFAULT_URL, show_default=True, help="The service [WIDGETRY_URL].")
+@click.option("--url", help="The service [default: WIDGETRY_URL, else http://127.0.0.1:8000].")
 @click.option("--api-key", envvar="WIDGETRY_API_KEY", help="Needed when reads are protected [WIDGETRY_API_KEY].")
 @click.option("--sku", "skus", multiple=True, help="Only this sku's events (repeatable).")
 @click.option("--since", metavar="ID", help="Start after this event id (an earlier line's), not at the live end.")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object per line.")
-def tail_events(url: str, api_key: str | None, skus: tuple[str, ...], since: str | None, as_json: bool) -> None:
+def tail_events(url: str | None, api_key: str | None, skus: tuple[str, ...], since: str | None, as_json: bool) -> None:
+    # Imported here: the client brings httpx, 2 MB of every process this module starts, the web server's included.
+    from widgetry.client import AsyncWidgetryClient, ProblemError, service_url  # noqa: PLC0415
+
     async def follow() -> None:
         async with AsyncWidgetryClient(url, api_key) as client:
             async for event in client.events(sku=skus or None, last_event_id=since):
@@ -72,7 +79,7 @@ def tail_events(url: str, api_key: str | None, skus: tuple[str, ...], since: str
     try:
         asyncio.run(follow())
     except ProblemError as refused:
-        raise click.ClickException(f"{url} refused the event stream: {refused}") from None
+        raise click.ClickException(f"{service_url(url)} refused the event stream: {refused}") from None
     except KeyboardInterrupt:
         pass
 
