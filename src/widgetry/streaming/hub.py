@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING
 
@@ -34,14 +35,19 @@ KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
 PAUSE_PER_SUBSCRIBER_S = 0.000_1
 """After handing out a read, the reader pauses this long per subscriber it gave something to (at most MAX_PAUSE_S)
 before reading again, so the events published meanwhile go out together; subscribers whose filters matched nothing
-cost no pause. Each wakeup costs a subscriber a write, some 30 µs here: with 1,000 subscribers, reads a tenth of a
+cost no pause. Each wakeup costs a subscriber a write, some 20-40 µs here: with 1,000 subscribers, reads a tenth of a
 second apart keep fan-out to about a third of a core however fast events come, for 100 ms of latency at most; with
 a handful of subscribers the pause is nil."""
 MAX_PAUSE_S = 0.1
 WAKE_SLICE = 256
-"""Subscribers woken per turn of the event loop. Each writes when woken, some 30-80 µs on this machine, so 10,000
+"""Subscribers woken per turn of the event loop. Each writes when woken, some 20-80 µs on this machine, so 10,000
 woken at once held the loop for most of a second: no request, not even the POST whose event is on its way, was
-served meanwhile. Between slices the loop serves the sockets that are ready."""
+served meanwhile. Between slices the loop serves the sockets that are ready.
+
+The waking is a task of its own (`_wake_forever`), beside the reader: with 10,000 subscribers a round of wakeups
+takes longer than the reader's pause, and the reads go on meanwhile. An entry read during a round then reaches, in
+that same round, every subscriber the round has not come to yet; the rest are queued for the next. Its latency is
+at most about one round, where a reader that waited for each round to end before reading again made it two."""
 KEEPALIVE_TICK_S = 0.5
 """The keepalive loop pings one slice of the subscribers this often, each slice once per keepalive interval: woken
 all at once, 10,000 idle connections would stall the process for a good part of a second every interval."""
@@ -118,7 +124,18 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
 class Subscription:
     """A bounded live buffer. A subscriber too slow to keep up is closed, never silently skipped: it resumes by id."""
 
-    __slots__ = ("_waiter", "active", "buffer", "buffered", "closed", "keepalive_slot", "limit", "matches", "ping_due")
+    __slots__ = (
+        "_waiter",
+        "active",
+        "buffer",
+        "buffered",
+        "closed",
+        "keepalive_slot",
+        "limit",
+        "matches",
+        "ping_due",
+        "queued",
+    )
 
     def __init__(self, matches: Filter, limit: int) -> None:
         self.matches = matches
@@ -132,6 +149,8 @@ class Subscription:
         self.keepalive_slot = 0
         self.active = False
         """Whether something was sent since the last keepalive round: a connection that carries events needs none."""
+        self.queued = False
+        """Whether it is in the hub's queue of subscribers to wake (once, however many reads it has entries from)."""
         # A bare future, rather than an asyncio.Event: one wakeup per read and subscriber is the hot path of fan-out,
         # and the event's own future, waiter list and flag cost more than this one future.
         self._waiter: asyncio.Future[None] | None = None
@@ -212,6 +231,9 @@ class EventHub:
         self._position: StreamId | None = None
         self._task: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        self._waker: asyncio.Task[None] | None = None
+        self._to_wake: deque[Subscription] = deque()
+        self._waker_idle: asyncio.Future[None] | None = None
         self._stopping = False
         self._ready = asyncio.Event()
         # The reader also blocks on a stream of this hub's own, which `stop` writes to: the read then returns at
@@ -231,6 +253,7 @@ class EventHub:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._read_forever(), name="widgetry-event-hub")
         self._pinger = asyncio.create_task(self._ping_forever(), name="widgetry-event-hub-keepalive")
+        self._waker = asyncio.create_task(self._wake_forever(), name="widgetry-event-hub-waker")
 
     async def stop(self) -> None:
         """Ends the reader between reads rather than cancelling one: a cancelled blocking XREAD can leave
@@ -240,11 +263,12 @@ class EventHub:
         self._stopping = True
         with contextlib.suppress(Exception):  # Redis down: the read returns within READ_BLOCK_MS anyway
             await self._redis.xadd(self._wakeup_stream, {b"stop": b"1"})
-        if self._pinger is not None:
-            self._pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pinger
-            self._pinger = None
+        for helper in (self._pinger, self._waker):
+            if helper is not None:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+        self._pinger = self._waker = None
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(READ_BLOCK_MS / 1000 + STOP_GRACE_S):
@@ -286,15 +310,35 @@ class EventHub:
                 if name != self._wakeup_key
                 for subscription in self._dispatch(entries)
             ]
-            for start in range(0, len(woken), WAKE_SLICE):
-                if start:
-                    await asyncio.sleep(0)  # the slice woken last writes, then the loop serves what else is ready
-                for subscription in woken[start : start + WAKE_SLICE]:
-                    subscription.wake()
-            # The pause counts from the read: the slices' writes take part of it, and only the rest is waited.
+            self._queue_wakes(woken)
+            # The pause counts from the read: the hand-out took part of it, and only the rest is waited.
             pause = min(MAX_PAUSE_S, len(woken) * PAUSE_PER_SUBSCRIBER_S) - (loop.time() - started)
             if pause >= 0.001:
                 await asyncio.sleep(pause)
+
+    def _queue_wakes(self, subscriptions: list[Subscription]) -> None:
+        for subscription in subscriptions:
+            if not subscription.queued:
+                subscription.queued = True
+                self._to_wake.append(subscription)
+        if self._to_wake and self._waker_idle is not None and not self._waker_idle.done():
+            self._waker_idle.set_result(None)
+
+    async def _wake_forever(self) -> None:
+        """Wakes the queued subscribers in the order queued, WAKE_SLICE per turn of the event loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._to_wake:
+                self._waker_idle = loop.create_future()
+                try:
+                    await self._waker_idle
+                finally:
+                    self._waker_idle = None
+            for _ in range(min(WAKE_SLICE, len(self._to_wake))):
+                subscription = self._to_wake.popleft()
+                subscription.queued = False
+                subscription.wake()
+            await asyncio.sleep(0)  # the slice writes, then the loop serves what else is ready
 
     async def _ping_forever(self) -> None:
         """Wakes every subscriber once per keepalive interval, a slice at a time; one that sent nothing since the
