@@ -51,6 +51,21 @@ PENDING_COMMANDS = (
     .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
     .order_by(CommandRecord.sku, CommandRecord.seq)
 )
+CLAIMABLE = (
+    select(CommandRecord.id)
+    .where(CommandRecord.id.in_(bindparam("ids", expanding=True)), CommandRecord.status.in_(UNFINISHED))
+    .with_for_update(skip_locked=True)
+)
+CLAIM_UNFINISHED = (
+    # Built once, as every statement on the write path: built per call, it cost a lone command 0.1 to 0.2 ms.
+    update(CommandRecord)
+    .where(CommandRecord.id.in_(CLAIMABLE.scalar_subquery()))
+    .values(status=CommandStatus.RUNNING.value)
+    .returning(CommandRecord.id, CommandRecord.sku, CommandRecord.seq)
+)
+TARGETS = select(CommandRecord.id, CommandRecord.sku, CommandRecord.seq).where(
+    CommandRecord.id.in_(bindparam("ids", expanding=True))
+)
 HEADS = WidgetHead.__table__
 MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
 
@@ -79,24 +94,12 @@ class ApplyService(CommandService):
         published), are read without a claim. A retry may move a failed command's seq on meanwhile: a job that read
         the old one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
         """
-        claimable = (
-            select(CommandRecord.id)
-            .where(CommandRecord.id.in_(command_ids), CommandRecord.status.in_(UNFINISHED))
-            .with_for_update(skip_locked=True)
-        )
         result = await self.session.execute(
-            update(CommandRecord)
-            .where(CommandRecord.id.in_(claimable.scalar_subquery()))
-            .values(status=CommandStatus.RUNNING.value)
-            .returning(CommandRecord.id, CommandRecord.sku, CommandRecord.seq),
-            execution_options={"synchronize_session": False},
+            CLAIM_UNFINISHED, {"ids": list(command_ids)}, execution_options={"synchronize_session": False}
         )
         rows = list(result.tuples().all())
         if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
-            result = await self.session.execute(
-                select(CommandRecord.id, CommandRecord.sku, CommandRecord.seq).where(CommandRecord.id.in_(unclaimed))
-            )
-            rows += result.tuples().all()
+            rows += (await self.session.execute(TARGETS, {"ids": list(unclaimed)})).tuples().all()
         return _targets(rows)
 
     async def apply_many(self, targets: dict[str, int], *, careful: bool = False) -> Applied:
