@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,6 @@ from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
 from widgetry.services.queue import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS
 from widgetry.services.unavailable import is_unavailable
 from widgetry.settings import WorkerMode
-from widgetry.streaming.hub import wait_for_event
 from widgetry.workers.jobs import (
     apply_command,
     apply_commands,
@@ -85,19 +85,71 @@ class CommandQueue(RedisQueue):
             return None
 
 
+class Wakeups:
+    """Wakes one waiting dequeue per job queued, not all of them.
+
+    The in-process worker keeps `worker_concurrency` dequeues waiting; waking them all for each job (one
+    `asyncio.Event`) made every lone command pay nine `LMOVE`s through fakeredis that found nothing. A dequeue
+    registers before it looks at the queue, so a job queued while it looks wakes it; a dequeue that stops looking
+    (it found a job, timed out or was cancelled) hands a wakeup it was given on, since that one may be for another
+    job.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def expect(self) -> asyncio.Future[None]:
+        """Registers a dequeue about to look at the queue."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        return waiter
+
+    @staticmethod
+    async def wait(waiter: asyncio.Future[None], timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await waiter
+        _raise_if_cancelled()
+
+    def wake_one(self) -> None:
+        while self._waiting:
+            if not (waiter := self._waiting.popleft()).done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        while self._waiting:
+            if not (waiter := self._waiting.popleft()).done():
+                waiter.set_result(None)
+
+    def drop(self, waiter: asyncio.Future[None]) -> None:
+        """Unregisters a dequeue that goes on to look again (which is all a wakeup asks of it)."""
+        if not waiter.done() or waiter.cancelled():
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
+
+    def hand_on(self, waiter: asyncio.Future[None]) -> None:
+        """Unregisters a dequeue that stops looking, handing a wakeup it was given to another."""
+        if waiter.done() and not waiter.cancelled():
+            self.wake_one()
+        else:
+            self.drop(waiter)
+
+
 class EmbeddedRedisQueue(CommandQueue):
     """SAQ's Redis queue, made to work on the in-process fakeredis.
 
     fakeredis has no `INFO` (which `RedisQueue.version()` calls, so the worker would never dequeue), and its async
     `BLMOVE` returns at once instead of blocking, so an idle worker would spin a core. Here a dequeue tries a
-    non-blocking `LMOVE` and otherwise waits on an in-process event that enqueue, retry and the scheduler set.
+    non-blocking `LMOVE` and otherwise waits for a wakeup that enqueue, retry and the scheduler give (`Wakeups`).
     """
 
     WAKE_TIMEOUT = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._wakeup = asyncio.Event()
+        self._wakeups = Wakeups()
         self.queued_key = self.namespace("queued")
         self.active_key = self.namespace("active")
 
@@ -109,29 +161,36 @@ class EmbeddedRedisQueue(CommandQueue):
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         while True:
-            self._wakeup.clear()
-            # Shielded: a fakeredis command cancelled mid-call can leave its connection waiting forever, which
-            # would hang the worker's shutdown. A job moved as the worker stops is re-queued from the database.
-            job_id = await asyncio.shield(self.redis.lmove(self.queued_key, self.active_key, "LEFT", "RIGHT"))
-            if job_id is not None:
-                return await asyncio.shield(self.job(self.job_key_from_id(job_id.decode())))
-            await wait_for_event(self._wakeup, timeout or self.WAKE_TIMEOUT)
-            if timeout:
-                return None
+            waiter = self._wakeups.expect()
+            try:
+                # Shielded: a fakeredis command cancelled mid-call can leave its connection waiting forever, which
+                # would hang the worker's shutdown. A job moved as the worker stops is re-queued from the database.
+                job_id = await asyncio.shield(self.redis.lmove(self.queued_key, self.active_key, "LEFT", "RIGHT"))
+                if job_id is None:
+                    await self._wakeups.wait(waiter, timeout or self.WAKE_TIMEOUT)
+            except BaseException:
+                self._wakeups.hand_on(waiter)
+                raise
+            if job_id is None and not timeout:
+                self._wakeups.drop(waiter)
+                continue
+            self._wakeups.hand_on(waiter)
+            return None if job_id is None else await asyncio.shield(self.job(self.job_key_from_id(job_id.decode())))
 
     async def enqueue(self, job_or_func: str | Job, **kwargs: Any) -> Job | None:
         queued = await super().enqueue(job_or_func, **kwargs)
-        self._wakeup.set()
+        if queued is not None:
+            self._wakeups.wake_one()
         return queued
 
     async def retry(self, job: Job, error: str | None) -> None:
         await super().retry(job, error)
-        self._wakeup.set()
+        self._wakeups.wake_one()
 
     async def schedule(self, lock: int = 1) -> list[str]:
         scheduled = await super().schedule(lock)
         if scheduled:
-            self._wakeup.set()
+            self._wakeups.wake_all()
         return scheduled
 
 

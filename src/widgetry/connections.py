@@ -63,6 +63,9 @@ def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:
         before_send_handler="autocommit",
         # Errors are problem details, mapped in one place (api/problems.py), not Advanced Alchemy's own JSON.
         set_default_exception_handler=False,
+        # No column holds a FileObject; Advanced Alchemy's listener for them still inspects every instance before
+        # each flush and checks itself after every commit (measured: 70 to 100 us of a lone command's four commits).
+        enable_file_object_listener=False,
         alembic_config=AlembicAsyncConfig(
             script_location=str(migrations_path()),
             version_table_name="alembic_version",

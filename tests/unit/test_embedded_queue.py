@@ -59,3 +59,56 @@ async def test_a_job_enqueued_again_while_it_is_queued_is_not_queued_twice() -> 
     assert dequeued is not None
     assert dequeued.key == "job-1"
     assert nothing_more is None
+
+
+class Looks:
+    """Counts the dequeues' looks at the queue (`LMOVE`s)."""
+
+    def __init__(self, queue: EmbeddedRedisQueue) -> None:
+        self.count = 0
+        self._lmove = queue.redis.lmove
+        queue.redis.lmove = self._counted  # type: ignore[method-assign]
+
+    async def _counted(self, *args: Any) -> Any:
+        self.count += 1
+        return await self._lmove(*args)
+
+    async def reach(self, count: int) -> None:
+        while self.count < count:
+            await asyncio.sleep(0)
+
+
+async def test_each_job_queued_wakes_one_waiting_dequeue_and_every_job_is_taken() -> None:
+    queue = EmbeddedRedisQueue(FakeRedis(server=FakeServer()), name="embedded")
+    looks = Looks(queue)
+    waiting = {asyncio.create_task(queue.dequeue()) for _ in range(10)}
+    await looks.reach(len(waiting))  # each dequeue has found the queue empty and waits
+
+    for n in range(3):
+        await queue.enqueue(Job("apply", key=f"job-{n}", retries=2))
+    taken: list[str] = []
+    async with asyncio.timeout(WELL_BEFORE_THE_WAKE_TIMEOUT_S):
+        while len(taken) < 3:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            taken += [task.result().key for task in done]
+    for task in waiting:
+        task.cancel()
+
+    assert sorted(taken) == ["job-0", "job-1", "job-2"]
+    assert looks.count == 10 + 3
+
+
+async def test_a_job_queued_after_a_waiting_dequeue_was_cancelled_goes_to_one_still_waiting() -> None:
+    queue = EmbeddedRedisQueue(FakeRedis(server=FakeServer()), name="embedded")
+    looks = Looks(queue)
+    cancelled = asyncio.create_task(queue.dequeue())
+    await looks.reach(1)
+    still_waiting = asyncio.create_task(queue.dequeue())
+    await looks.reach(2)
+    cancelled.cancel()
+
+    await queue.enqueue(Job("apply", key="job-1", retries=2))
+    dequeued = await asyncio.wait_for(still_waiting, WELL_BEFORE_THE_WAKE_TIMEOUT_S)
+
+    assert dequeued is not None
+    assert dequeued.key == "job-1"

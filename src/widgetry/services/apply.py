@@ -51,6 +51,23 @@ PENDING_COMMANDS = (
     .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
     .order_by(CommandRecord.sku, CommandRecord.seq)
 )
+COMMANDS = CommandRecord.__table__
+CLAIMABLE = (
+    select(COMMANDS.c.id)
+    .where(COMMANDS.c.id.in_(bindparam("ids", expanding=True)), COMMANDS.c.status.in_(UNFINISHED))
+    .with_for_update(skip_locked=True)
+)
+CLAIM_UNFINISHED = (
+    # Built once, and Core on the table: on the path of every apply, the ORM's statement bookkeeping and a statement
+    # built per call were measurable costs.
+    update(COMMANDS)
+    .where(COMMANDS.c.id.in_(CLAIMABLE.scalar_subquery()))
+    .values(status=CommandStatus.RUNNING.value)
+    .returning(COMMANDS.c.id, COMMANDS.c.sku, COMMANDS.c.seq)
+)
+TARGETS = select(COMMANDS.c.id, COMMANDS.c.sku, COMMANDS.c.seq).where(
+    COMMANDS.c.id.in_(bindparam("ids", expanding=True))
+)
 HEADS = WidgetHead.__table__
 MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
 
@@ -79,24 +96,10 @@ class ApplyService(CommandService):
         published), are read without a claim. A retry may move a failed command's seq on meanwhile: a job that read
         the old one applies less, never out of order, and the retry's job (or the recovery pass) applies the rest.
         """
-        claimable = (
-            select(CommandRecord.id)
-            .where(CommandRecord.id.in_(command_ids), CommandRecord.status.in_(UNFINISHED))
-            .with_for_update(skip_locked=True)
-        )
-        result = await self.session.execute(
-            update(CommandRecord)
-            .where(CommandRecord.id.in_(claimable.scalar_subquery()))
-            .values(status=CommandStatus.RUNNING.value)
-            .returning(CommandRecord.id, CommandRecord.sku, CommandRecord.seq),
-            execution_options={"synchronize_session": False},
-        )
+        result = await self.session.execute(CLAIM_UNFINISHED, {"ids": list(command_ids)})
         rows = list(result.tuples().all())
         if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
-            result = await self.session.execute(
-                select(CommandRecord.id, CommandRecord.sku, CommandRecord.seq).where(CommandRecord.id.in_(unclaimed))
-            )
-            rows += result.tuples().all()
+            rows += (await self.session.execute(TARGETS, {"ids": list(unclaimed)})).tuples().all()
         return _targets(rows)
 
     async def apply_many(self, targets: dict[str, int], *, careful: bool = False) -> Applied:

@@ -12,16 +12,19 @@ from widgetry.domain.models import WidgetHead
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+HEADS = WidgetHead.__table__
+# Core, on the table: both run on the path of every apply, where the ORM's statement bookkeeping is a measurable cost.
 LOCK_HEADS = (
-    select(WidgetHead.sku, WidgetHead.applied_seq)
-    .where(WidgetHead.sku.in_(bindparam("skus", expanding=True)))
-    .order_by(WidgetHead.sku)
+    select(HEADS.c.sku, HEADS.c.applied_seq)
+    .where(HEADS.c.sku.in_(bindparam("skus", expanding=True)))
+    .order_by(HEADS.c.sku)
     .with_for_update()
 )
-TAKE_SQLITE_WRITE_LOCK = (
-    update(WidgetHead)
-    .where(WidgetHead.sku.in_(bindparam("skus", expanding=True)))
-    .values(applied_seq=WidgetHead.applied_seq)
+LOCK_HEADS_SQLITE = (
+    update(HEADS)
+    .where(HEADS.c.sku.in_(bindparam("skus", expanding=True)))
+    .values(applied_seq=HEADS.c.applied_seq)
+    .returning(HEADS.c.sku, HEADS.c.applied_seq)
 )
 
 
@@ -35,11 +38,10 @@ async def lock_heads(session: AsyncSession, skus: Collection[str]) -> dict[str, 
 
     On PostgreSQL, `SELECT ... ORDER BY sku FOR UPDATE` takes the row locks in sku order: every transaction that
     locks several heads (a batch of commands, the intake's counters) takes them in that one order, so two of them
-    cannot deadlock. SQLite ignores FOR UPDATE and lets one writer in at a time: a no-op write takes that lock
-    first, since its deferred transactions would otherwise let two appliers read the same `applied_seq`.
+    cannot deadlock. SQLite ignores FOR UPDATE and lets one writer in at a time: a no-op write takes that lock and
+    returns the `applied_seq`s it holds, since its deferred transactions would otherwise let two appliers read the
+    same one (one statement: a separate read after it was a second round on the path of every apply).
     """
     ordered = {"skus": sorted(set(skus))}
-    if session.bind.dialect.name == "sqlite":
-        await session.execute(TAKE_SQLITE_WRITE_LOCK, ordered, execution_options={"synchronize_session": False})
-    rows = await session.execute(LOCK_HEADS, ordered)
+    rows = await session.execute(LOCK_HEADS_SQLITE if session.bind.dialect.name == "sqlite" else LOCK_HEADS, ordered)
     return dict(rows.tuples().all())
