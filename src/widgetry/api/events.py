@@ -48,6 +48,8 @@ gives the reads, where a header of the response's would be sent beside it (`no-c
 STILL_SIGNED_IN = "still_signed_in"
 """A route `opt` key naming a check `(connection) -> bool` that an open stream runs again and again, ending when it
 says no: the dashboard's session check. Where reads need a key (`protect_reads`), the stream checks its key."""
+CANCEL_AGAIN_S = 0.5
+"""How often a stream whose client has left is cancelled again while it has not ended (see `ClientGone`)."""
 MIN_SIGN_IN_CHECK_S = 0.1
 """A stream checks its sign-in as often as a web process trusts its look at a key (`api_key_cache_seconds`), and
 at most this often when that is 0."""
@@ -151,24 +153,56 @@ class ASGIEventStream(ASGIStreamingResponse):
     async def send_body(self, send: Send, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None  # always: the server runs each request in a task
-        gone = False
-
-        def client_gone(_: asyncio.Future[None]) -> None:
-            nonlocal gone
-            gone = True
-            task.cancel()
-
+        gone = ClientGone(task)
         disconnect = asyncio.ensure_future(_disconnected(receive))
-        disconnect.add_done_callback(client_gone)
+        disconnect.add_done_callback(gone)
         try:
             await _send_chunks(self.iterator, send)
         except asyncio.CancelledError:
             # Ours (the client left): the response simply ends. Anyone else's (shutdown): it goes on up.
-            if not gone or task.uncancel() > 0:
+            if not gone.withdraw():
                 raise
+        else:
+            gone.withdraw()
         finally:
-            disconnect.remove_done_callback(client_gone)
+            disconnect.remove_done_callback(gone)
             disconnect.cancel()
+            gone.stop()
+
+
+class ClientGone:
+    """Cancels a stream's task once its client has left, and again every CANCEL_AGAIN_S until the stream ends.
+
+    asyncio delivers a cancellation once (anyio's task group, which Litestar's response used, delivers it at every
+    await until the task ends). A call that takes a cancellation in and goes on (a Redis client's read can) would
+    leave the stream open, waiting for events, with nobody reading it.
+    """
+
+    __slots__ = ("_again", "_asked", "_task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        self._asked = 0
+        self._again: asyncio.TimerHandle | None = None
+
+    def __call__(self, _: object = None) -> None:
+        self._asked += 1
+        self._task.cancel()
+        self._again = asyncio.get_running_loop().call_later(CANCEL_AGAIN_S, self)
+
+    def withdraw(self) -> bool:
+        """Takes back the cancellations asked for here; says whether they are all the task had (none from others)."""
+        if not self._asked:
+            return False
+        left = self._task.cancelling()
+        for _ in range(self._asked):
+            left = self._task.uncancel()
+        self._asked = 0
+        return left == 0
+
+    def stop(self) -> None:
+        if self._again is not None:
+            self._again.cancel()
 
 
 async def _send_chunks(chunks: AsyncIterable[bytes], send: Send) -> None:
