@@ -22,6 +22,8 @@ def test_an_external_worker_applies_then_stops_idle_without_warnings(
             headers=AUTH | WAIT,
             timeout=30,
         )
+        # The event the POST waited for goes out before the job's own end is recorded: stop once it is (idle).
+        wait_until(lambda: httpx.get(f"{web.url}/ready").json()["queue"]["active"] == 0, 30, "the job to end")
     finally:
         stopped = worker.stop()
         web.stop()
