@@ -59,7 +59,8 @@ async def open_stream(client: httpx.AsyncClient, headers: dict[str, str] | None 
 
 
 async def open_streams_are(app: Litestar, expected: int) -> None:
-    """Counted twice: the places the cap holds, and the hub's subscribers (a stream whose client left is unsubscribed)."""
+    """Counted twice: the places the cap holds, and the hub's subscribers (a stream whose client left is
+    unsubscribed)."""
 
     async def counted() -> bool:
         return app.state.open_streams.total == expected == app.state.hub.subscriber_count
