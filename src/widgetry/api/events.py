@@ -174,8 +174,10 @@ class ClientGone:
     """Cancels a stream's task once its client has left, and again every CANCEL_AGAIN_S until the stream ends.
 
     asyncio delivers a cancellation once (anyio's task group, which Litestar's response used, delivers it at every
-    await until the task ends). A call that takes a cancellation in and goes on (a Redis client's read can) would
-    leave the stream open, waiting for events, with nobody reading it.
+    await until the task ends), and a call may take it in and go on: on Python 3.11, `asyncio.wait_for` returns the
+    result of a future that completes as the cancellation arrives and drops the cancellation (seen: redis-py's send,
+    which waits for the socket's drain with it, under the replay's `XINFO`). The stream would then stay open, waiting
+    for events, with nobody reading it.
     """
 
     __slots__ = ("_again", "_asked", "_task")
