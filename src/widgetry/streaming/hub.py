@@ -33,21 +33,24 @@ RETRY_MS = 3_000
 PROGRESS = EventType.COMMAND_PROGRESS.value
 KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
 PAUSE_PER_SUBSCRIBER_S = 0.000_1
-"""After handing out a read, the reader pauses this long per subscriber it gave something to (at most MAX_PAUSE_S)
-before reading again, so the events published meanwhile go out together; subscribers whose filters matched nothing
-cost no pause. Each wakeup costs a subscriber a write, some 20-40 µs here: with 1,000 subscribers, reads a tenth of a
-second apart keep fan-out to about a third of a core however fast events come, for 100 ms of latency at most; with
-a handful of subscribers the pause is nil."""
+"""A round of wakeups starts this long per subscriber of the last round (at most MAX_PAUSE_S) after the last round
+started, so the entries read meanwhile go out together. Each wakeup costs a subscriber a write, some 20-40 µs here:
+with 1,000 subscribers, rounds a tenth of a second apart keep fan-out to about a third of a core however fast events
+come, for 100 ms of latency at most; with a handful of subscribers the pause is nil."""
 MAX_PAUSE_S = 0.1
+READ_PAUSE_S = 0.02
+"""The reader's own pause after a read that gave subscribers something (also per subscriber, at most this): reads
+cost a dictionary lookup and an append per matching subscriber, not a write, so they come sooner than the rounds."""
 WAKE_SLICE = 256
 """Subscribers woken per turn of the event loop. Each writes when woken, some 20-80 µs on this machine, so 10,000
 woken at once held the loop for most of a second: no request, not even the POST whose event is on its way, was
 served meanwhile. Between slices the loop serves the sockets that are ready.
 
-The waking is a task of its own (`_wake_forever`), beside the reader: with 10,000 subscribers a round of wakeups
-takes longer than the reader's pause, and the reads go on meanwhile. An entry read during a round then reaches, in
-that same round, every subscriber the round has not come to yet; the rest are queued for the next. Its latency is
-at most about one round, where a reader that waited for each round to end before reading again made it two."""
+The waking is a task of its own (`_wake_forever`), beside the reader, which queues the subscribers it gave entries to
+(each once). With 10,000 subscribers a round takes longer than MAX_PAUSE_S, and the reads go on meanwhile: an entry
+read during a round reaches, in that same round, every subscriber the round has not come to yet, and the rest in
+the next. Its latency is at most about one round and one read pause, where a reader that waited for each round to
+end and then paused before reading again made it up to two rounds and its pause."""
 KEEPALIVE_TICK_S = 0.5
 """The keepalive loop pings one slice of the subscribers this often, each slice once per keepalive interval: woken
 all at once, 10,000 idle connections would stall the process for a good part of a second every interval."""
@@ -312,7 +315,7 @@ class EventHub:
             ]
             self._queue_wakes(woken)
             # The pause counts from the read: the hand-out took part of it, and only the rest is waited.
-            pause = min(MAX_PAUSE_S, len(woken) * PAUSE_PER_SUBSCRIBER_S) - (loop.time() - started)
+            pause = min(READ_PAUSE_S, len(woken) * PAUSE_PER_SUBSCRIBER_S) - (loop.time() - started)
             if pause >= 0.001:
                 await asyncio.sleep(pause)
 
@@ -325,8 +328,11 @@ class EventHub:
             self._waker_idle.set_result(None)
 
     async def _wake_forever(self) -> None:
-        """Wakes the queued subscribers in the order queued, WAKE_SLICE per turn of the event loop."""
+        """Wakes the queued subscribers in rounds, WAKE_SLICE per turn of the event loop; a round wakes those queued
+        as it starts, and starts at most every `PAUSE_PER_SUBSCRIBER_S` per subscriber of the last (at most
+        MAX_PAUSE_S) after the last one started."""
         loop = asyncio.get_running_loop()
+        next_round = 0.0
         while True:
             if not self._to_wake:
                 self._waker_idle = loop.create_future()
@@ -334,11 +340,16 @@ class EventHub:
                     await self._waker_idle
                 finally:
                     self._waker_idle = None
-            for _ in range(min(WAKE_SLICE, len(self._to_wake))):
-                subscription = self._to_wake.popleft()
-                subscription.queued = False
-                subscription.wake()
-            await asyncio.sleep(0)  # the slice writes, then the loop serves what else is ready
+            if (wait := next_round - loop.time()) >= 0.001:
+                await asyncio.sleep(wait)  # entries read meanwhile join the buffers this round takes
+            started, size = loop.time(), len(self._to_wake)
+            next_round = started + min(MAX_PAUSE_S, size * PAUSE_PER_SUBSCRIBER_S)
+            for start in range(0, size, WAKE_SLICE):
+                for _ in range(min(WAKE_SLICE, size - start, len(self._to_wake))):
+                    subscription = self._to_wake.popleft()
+                    subscription.queued = False
+                    subscription.wake()
+                await asyncio.sleep(0)  # the slice writes, then the loop serves what else is ready
 
     async def _ping_forever(self) -> None:
         """Wakes every subscriber once per keepalive interval, a slice at a time; one that sent nothing since the
