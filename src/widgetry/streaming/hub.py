@@ -109,21 +109,6 @@ class Filter:
         return (self.skus is None or entry.sku in self.skus) and (self.types is None or entry.type in self.types)
 
 
-async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
-    """Waits until `event` is set or `timeout` passes, and stays cancellable.
-
-    When a cancellation arrives just as the timeout fires, `asyncio.timeout` can report it as the timeout, and a
-    loop around this wait would then run on in a task that was asked to stop (seen: a worker shutdown that never
-    ended). The task's pending cancellation is checked and raised here.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class Subscription:
     """A bounded live buffer. A subscriber too slow to keep up is closed, never silently skipped: it resumes by id."""
 
@@ -345,7 +330,7 @@ class EventHub:
             started, size = loop.time(), len(self._to_wake)
             next_round = started + min(MAX_PAUSE_S, size * PAUSE_PER_SUBSCRIBER_S)
             for start in range(0, size, WAKE_SLICE):
-                for _ in range(min(WAKE_SLICE, size - start, len(self._to_wake))):
+                for _ in range(min(WAKE_SLICE, size - start)):  # only this task takes from the queue
                     subscription = self._to_wake.popleft()
                     subscription.queued = False
                     subscription.wake()
