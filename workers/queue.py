@@ -16,7 +16,7 @@ from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
 from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
-from widgetry.compat import adopt_workers
+from widgetry.compat import build_workers_as
 from widgetry.observability import tracing
 from widgetry.observability.counts import flushing
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
@@ -201,7 +201,13 @@ class CommandWorker(Worker):
     included, which never end by themselves: with no grace (see `saq_plugin`), every shutdown warned that "some
     tasks did not finish". An idle worker's tasks hold no job, so they are cancelled here first, quietly; with jobs
     in flight, SAQ stops them (cancelled, then retried) and warns, as it should.
+
+    It also starts no heartbeat manager: that serves litestar-saq's `monitored_job` decorator, which no job here
+    uses, and logged a crash on every shutdown; the plugin does not pass the option on, so the class sets it.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "enable_heartbeat_manager": False})
 
     async def stop(self) -> None:
         self.event.set()  # no dequeue starts from here on
@@ -268,6 +274,7 @@ def flush_counts(connections: Connections) -> tuple[Hook, Hook]:
 def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guard) -> SAQPlugin:
     """The plugin that runs the workers and serves SAQ's web UI at /saq behind `web_guard` (the API's admin guard,
     handed in by the app: the workers know nothing of the API)."""
+    build_workers_as(CommandWorker)
     settings = connections.settings
     traced = tracing.enabled(settings)
     start_flushing, stop_flushing = flush_counts(connections)
@@ -318,5 +325,4 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
             enable_otel=traced,
         )
     )
-    adopt_workers(plugin, CommandWorker)
     return plugin

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import litestar_saq
+import litestar_saq.plugin
 
 # The parameter type of `AbstractDTO.create_openapi_schema`, a public method whose signature names this private class.
 from litestar._openapi.schema_generation import SchemaCreator
@@ -30,7 +32,7 @@ from litestar.dto._backend import DTOBackend
 from litestar.dto._codegen_backend import DTOCodegenBackend
 
 if TYPE_CHECKING:
-    from litestar_saq import SAQPlugin, Worker
+    from litestar_saq import Worker
 
 __all__ = (
     "DTOBackend",
@@ -38,22 +40,23 @@ __all__ = (
     "InPlaceConnection",
     "LitestarGroup",
     "SchemaCreator",
-    "adopt_workers",
+    "build_workers_as",
 )
 
 
-def adopt_workers(plugin: SAQPlugin, worker_class: type[Worker]) -> None:
-    """Makes the plugin's workers (built now unless they already are) instances of `worker_class`, a subclass of
-    litestar-saq's `Worker` that adds behaviour and no state, and turns litestar-saq's heartbeat manager off.
+def build_workers_as(worker_class: type[Worker]) -> None:
+    """Makes litestar-saq build its workers as `worker_class`, a subclass of its `Worker` that adds behaviour and no
+    state: in this process, in each process `workers run` forks (for a partition's queue or an extra process, where
+    `run_worker_in_child` builds the worker anew from the config), and after `workers run --queues` drops the workers
+    already built (`remove_workers`).
 
-    litestar-saq builds its `Worker`s itself and takes no class to build them from. It also starts a heartbeat thread
-    for its `monitored_job` decorator, which no job here uses and which logs a crash on every shutdown: `Worker` takes
-    `enable_heartbeat_manager`, but neither the plugin nor `QueueConfig` passes it on, so only the private attribute
-    it sets can turn it off. Call this again whenever the plugin is made to build its workers anew (`remove_workers`).
-    """
-    for worker in plugin.get_workers().values():
-        worker.__class__ = worker_class
-        worker._enable_heartbeat_manager = False  # noqa: SLF001 - see the docstring
+    litestar-saq takes no class to build workers from: `SAQPlugin.get_workers` calls the `Worker` its plugin module
+    imported, so that name is the one place to give it another. Replacing the workers once built reached neither the
+    forked processes nor the rebuilt ones."""
+    built_from = getattr(litestar_saq.plugin, "Worker", None)
+    if not (isinstance(built_from, type) and issubclass(built_from, litestar_saq.Worker)):
+        raise RuntimeError("litestar_saq.plugin no longer builds its workers from `Worker`: see widgetry.compat")
+    litestar_saq.plugin.Worker = worker_class  # type: ignore[misc]
 
 
 class _InPlace:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import AUTH, ROOT, WAIT, Process, Server, collect_events
+from tests.support import AUTH, ROOT, WAIT, Process, Server, collect_events, wait_until
 
 
 def compose_command(service: str) -> list[str]:
@@ -79,3 +79,18 @@ def run_health_check(service: str, env: dict[str, str]) -> subprocess.CompletedP
     kind, *command = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service]["healthcheck"]["test"]
     assert kind == "CMD" and command[0] == "python"
     return subprocess.run([sys.executable, *command[1:]], env={**os.environ, **env}, capture_output=True, timeout=30)  # noqa: S603
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_workers_run_with_more_processes_stops_them_all(external_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGTERM to `workers run --processes 3` stops the processes it forked too, quietly, and the command ends."""
+    workers = Process([*compose_command("worker"), "--processes", "3"], external_env, tmp_path, "workers")
+    wait_until(lambda: len(children_of(workers.popen.pid)) == 2, 30, f"two forked workers\n{workers.output}")
+    forked = children_of(workers.popen.pid)
+
+    assert workers.stop(timeout=30) == 0, workers.output
+    assert [pid for pid in forked if Path(f"/proc/{pid}").exists()] == [], workers.output
+    assert "did not finish" not in workers.output

@@ -76,18 +76,26 @@ def test_the_schema_creator_still_resolves_references() -> None:
     )
 
 
-async def test_adopted_workers_are_the_service_s_and_start_no_heartbeat_manager(app: Litestar) -> None:
+async def test_workers_are_the_service_s_and_start_no_heartbeat_manager(app: Litestar) -> None:
     assert "enable_heartbeat_manager" in parameters(LitestarSaqWorker), moved(
         "litestar_saq.Worker(enable_heartbeat_manager)", "litestar-saq", "is gone"
     )
-    workers = list(app.plugins.get(SAQPlugin).get_workers().values())
+    plugin = app.plugins.get(SAQPlugin)
+    workers = list(plugin.get_workers().values())
+    # What a process `workers run` forks builds (`run_worker_in_child`), and what `--queues` builds anew.
+    forked = list(SAQPlugin(config=plugin.config).get_workers().values())
+    plugin.remove_workers()
+    rebuilt = list(plugin.get_workers().values())
     assert workers
+    assert {type(worker) for worker in [*workers, *forked, *rebuilt]} == {CommandWorker}, moved(
+        "litestar_saq.plugin.Worker", "litestar-saq", "is no longer what the plugin builds its workers from"
+    )
 
     async with running(app):
         started = [(type(worker), worker._heartbeat_manager) for worker in workers]  # noqa: SLF001
 
     assert started == [(CommandWorker, None)] * len(workers), moved(
-        "litestar_saq.Worker._enable_heartbeat_manager", "litestar-saq", "no longer keeps the heartbeat manager off"
+        "litestar_saq.Worker(enable_heartbeat_manager)", "litestar-saq", "no longer keeps the heartbeat manager off"
     )
 
 
