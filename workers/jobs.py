@@ -253,14 +253,16 @@ async def recover_unfinished(ctx: dict[str, Any]) -> int:
     intake) or Redis lost their job (a flush, a restart without persistence). A cron job, in every worker mode."""
     connections: Connections = ctx["connections"]
     accepted_before = datetime.now(UTC) - _grace(connections)
-    return await requeue_unfinished(connections, ctx["worker"].queue, accepted_before)
+    return await requeue_unfinished(connections, ctx["queues"], accepted_before)
 
 
 def _grace(connections: Connections) -> timedelta:
     return timedelta(seconds=connections.settings.recovery_grace_seconds)
 
 
-async def requeue_unfinished(connections: Connections, queue: Queue, accepted_before: datetime | None = None) -> int:
+async def requeue_unfinished(
+    connections: Connections, queues: Sequence[Queue], accepted_before: datetime | None = None
+) -> int:
     """Queues unfinished commands again (those accepted before the given time), oldest first. Jobs are keyed by
     command id, so a command whose job is still queued or running is not queued twice, and a re-run of one that
     did finish changes nothing: the sku's applied_seq fence stops it.
@@ -274,7 +276,7 @@ async def requeue_unfinished(connections: Connections, queue: Queue, accepted_be
     for record in unfinished:
         if record.recoveries >= MAX_RECOVERIES:
             await give_up(connections, record)
-        elif await enqueue(queue, connections.settings, [record]):
+        elif await enqueue(queues, connections.settings, [record]):
             requeued.append(record.id)
     if requeued:
         async with unit_of_work(connections.alchemy) as session:
@@ -305,14 +307,22 @@ async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
     return {"commands": commands, "events": events}
 
 
-def startup_hook(connections: Connections) -> Callable[[dict[str, Any]], Awaitable[None]]:
+def startup_hook(
+    connections: Connections, queues: Sequence[Queue], *, recover: bool
+) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """A partition's worker's start: its context, and with `recover` (partition 0's) the recovery pass, which queues
+    every partition's unfinished commands, each on its sku's partition."""
+
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["connections"] = connections
+        ctx["queues"] = queues
         ctx["applier"] = CommandApplier(connections)
         gc.collect()
         gc.freeze()  # as the web process does (app.freeze_startup_objects): what starting made lives on
+        if not recover:
+            return
         try:
-            await requeue_unfinished(connections, ctx["worker"].queue)
+            await requeue_unfinished(connections, queues)
         except Exception:
             # A worker starting while the database or Redis is down still starts: the periodic pass recovers.
             logger.exception("recovery at start-up failed; the periodic recovery pass will retry")

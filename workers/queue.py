@@ -230,16 +230,21 @@ def _raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def build_queue(connections: Connections) -> CommandQueue:
+def build_queues(connections: Connections) -> tuple[CommandQueue, ...]:
+    """One queue per partition (`Settings.queue_names`), partition 0 first."""
     queue_class = EmbeddedRedisQueue if connections.settings.embedded_redis else CommandQueue
-    queue = queue_class(
-        connections.redis,
-        name=connections.settings.queue_name,
-        dump=lambda value: encode_json(value).decode(),
-        load=decode_json,
+    queues = tuple(
+        queue_class(
+            connections.redis,
+            name=name,
+            dump=lambda value: encode_json(value).decode(),
+            load=decode_json,
+        )
+        for name in connections.settings.queue_names
     )
-    tracing.trace_enqueues(queue, connections.settings)
-    return queue
+    for queue in queues:
+        tracing.trace_enqueues(queue, connections.settings)
+    return queues
 
 
 def every(seconds: int) -> str:
@@ -271,16 +276,23 @@ def flush_counts(connections: Connections) -> tuple[Hook, Hook]:
     return start, stop
 
 
-def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guard) -> SAQPlugin:
-    """The plugin that runs the workers and serves SAQ's web UI at /saq behind `web_guard` (the API's admin guard,
-    handed in by the app: the workers know nothing of the API)."""
+def saq_plugin(connections: Connections, queues: tuple[CommandQueue, ...], *, web_guard: Guard) -> SAQPlugin:
+    """The plugin that runs the workers, one per partition's queue, and serves SAQ's web UI at /saq behind
+    `web_guard` (the API's admin guard, handed in by the app: the workers know nothing of the API). Partition 0's
+    worker also runs the periodic jobs and the recovery pass at start-up; its jobs re-queue commands on every
+    partition, each on its sku's."""
     build_workers_as(CommandWorker)
     settings = connections.settings
     traced = tracing.enabled(settings)
     start_flushing, stop_flushing = flush_counts(connections)
+    periodic = [
+        CronJob(function=recover_unfinished, cron=every(settings.recovery_interval_seconds), timeout=60),
+        CronJob(function=relay_unpublished, cron=every(settings.recovery_interval_seconds), timeout=60),
+        CronJob(function=purge_expired, cron="17 * * * *", timeout=300),
+    ]
     plugin = SAQPlugin(
         SAQConfig(
-            queue_instances={queue.name: queue},
+            queue_instances={queue.name: queue for queue in queues},
             queue_configs=[
                 QueueConfig(
                     name=queue.name,
@@ -292,16 +304,10 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
                         (APPLY_COMMAND, apply_command),
                         (IMPORT_WIDGETS, import_widgets),
                     ],
-                    scheduled_tasks=[
-                        CronJob(
-                            function=recover_unfinished, cron=every(settings.recovery_interval_seconds), timeout=60
-                        ),
-                        CronJob(function=relay_unpublished, cron=every(settings.recovery_interval_seconds), timeout=60),
-                        CronJob(function=purge_expired, cron="17 * * * *", timeout=300),
-                    ],
+                    scheduled_tasks=periodic if partition == 0 else [],
                     concurrency=settings.worker_concurrency,
                     separate_process=settings.workers is WorkerMode.EXTERNAL,
-                    startup=[startup_hook(connections), start_flushing],
+                    startup=[startup_hook(connections, queues, recover=partition == 0), start_flushing],
                     shutdown=[stop_flushing],
                     before_process=[tracing.enter_job_span] if traced else [],
                     after_process=[
@@ -316,6 +322,7 @@ def saq_plugin(connections: Connections, queue: CommandQueue, *, web_guard: Guar
                     shutdown_grace_period_s=None,
                     cancellation_hard_deadline_s=CANCELLATION_DEADLINE_S,
                 )
+                for partition, queue in enumerate(queues)
             ],
             # SAQ's web UI. Behind an admin key, read from the `X-API-Key` header: a browser does not send one by
             # itself, so reach it through a proxy that adds the header (or with curl).

@@ -54,7 +54,7 @@ from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.accept import CommandIntake
 from widgetry.settings import Settings
 from widgetry.streaming.hub import EventHub
-from widgetry.workers.queue import build_queue, saq_plugin
+from widgetry.workers.queue import build_queues, saq_plugin
 
 logger = logging.getLogger("widgetry")
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         buffer_size=settings.subscriber_queue_size,
         keepalive=settings.keepalive_seconds,
     )
-    queue = build_queue(connections)
+    queues = build_queues(connections)
     read_guards = [api_key_guard] if settings.protect_reads else []
     rate_limiter = RateLimiter.of(connections.redis, settings)
     return Litestar(
@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Not `SQLAlchemyPlugin`, which adds a serialization plugin: it would give a widget read registered with
             # no DTO one of every column, `internal_notes` included. Without it such a read fails instead.
             SQLAlchemyInitPlugin(config=connections.alchemy),
-            saq_plugin(connections, queue, web_guard=admin_guard),
+            saq_plugin(connections, queues, web_guard=admin_guard),
             problem_details_plugin(),
             structlog_plugin(settings),
             *tracing_plugins(settings),
@@ -147,9 +147,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "connections": connections,
                 "hub": hub,
-                "queue": queue,
+                "queues": queues,
                 "exposition": Exposition(),
-                "intake": CommandIntake(connections.alchemy, queue, settings),
+                "intake": CommandIntake(connections.alchemy, queues, settings),
                 "open_streams": OpenStreams(settings.sse_connections_per_client),
                 "rate_limiter": rate_limiter,
                 "api_keys": ApiKeys.configured(settings, connections.alchemy),

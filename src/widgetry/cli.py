@@ -116,11 +116,29 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
         help="Jobs each worker process runs at once [default: WIDGETRY_WORKER_CONCURRENCY or 10].",
     )
     @click.option(
-        "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to start."
+        "--processes",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Worker processes to start for each partition taken.",
     )
-    def run_workers(ctx: click.Context, app: Litestar, concurrency: int | None, processes: int) -> None:
-        if app.state.settings.embedded_redis:
+    @click.option(
+        "--partition",
+        "partitions",
+        type=click.IntRange(min=0),
+        multiple=True,
+        help="A partition to take (repeatable) [default: all WIDGETRY_QUEUE_PARTITIONS]. Partition 0's worker also "
+        "runs the periodic jobs: run it somewhere.",
+    )
+    def run_workers(
+        ctx: click.Context, app: Litestar, concurrency: int | None, processes: int, partitions: tuple[int, ...]
+    ) -> None:
+        settings = app.state.settings
+        if settings.embedded_redis:
             raise click.UsageError("External workers need a shared Redis: set REDIS_URL (and DATABASE_URL).")
+        if unknown := sorted(set(partitions) - set(range(settings.queue_partitions))):
+            named = ", ".join(map(str, unknown))
+            raise click.UsageError(f"No partition {named}: WIDGETRY_QUEUE_PARTITIONS is {settings.queue_partitions}.")
         from litestar_saq import SAQPlugin  # noqa: PLC0415
 
         plugin = app.plugins.get(SAQPlugin)
@@ -134,8 +152,10 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
             if concurrency is not None:
                 worker.concurrency = concurrency
         _use_uvloop()
+        # litestar-saq runs each queue's worker in a process of its own: one process per partition taken.
+        queues = tuple(settings.queue_names[partition] for partition in sorted(set(partitions)))
         try:
-            ctx.invoke(saq_run, workers=processes)
+            ctx.invoke(saq_run, workers=processes, queues=queues)
         finally:
             _stop_worker_children()
 
@@ -315,7 +335,8 @@ def retry_command(app: Litestar, command_id: UUID) -> None:
 
         try:
             with anyio.fail_after(QUEUE_TIMEOUT_S):
-                await enqueue(app.plugins.get(SAQPlugin).get_queue(settings.queue_name), settings, [record])
+                plugin = app.plugins.get(SAQPlugin)
+                await enqueue([plugin.get_queue(name) for name in settings.queue_names], settings, [record])
         except Exception as error:
             if not is_unavailable(error):
                 raise

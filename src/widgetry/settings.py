@@ -19,6 +19,7 @@ RATE_LIMIT_OFF = "off"
 
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+MAX_PARTITIONS = 64
 
 
 class WorkerMode(StrEnum):
@@ -56,6 +57,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """A credential for scrapers, sent as an API key is, that reads `/metrics` and nothing else. Setting it, or
     `protect_reads`, puts `/metrics` behind it and the API keys; with neither, `/metrics` is public."""
     worker_concurrency: int = 10
+    queue_partitions: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTITIONS)] = 1
+    """Queues the commands are spread over, by a hash of their sku: each sku's commands always go to one of them.
+    `widgetry workers run` runs one worker process per partition (`--partition` picks some). The web process queues
+    on them all; the event stream stays one, so resume ids stay as they are. Every deployment's processes must agree
+    on it; changing it leaves the jobs already queued on their old partition, where they still run."""
     redis_prefix: str = "widgetry"
     """Namespaces every Redis key (queue and event stream), so several deployments or test runs share a server."""
     stream_max_len: int = 100_000
@@ -184,6 +190,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     @property
     def queue_name(self) -> str:
         return self.redis_prefix
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """The partitions' queues, partition 0 first: it keeps the unpartitioned name (so `1` is the queue of before)
+        and runs the periodic jobs (recovery, relay, retention)."""
+        return (self.queue_name, *(f"{self.queue_name}-{n}" for n in range(1, self.queue_partitions)))
 
     @property
     def events_stream(self) -> str:

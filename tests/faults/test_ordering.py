@@ -1,9 +1,12 @@
 """Per-widget order under contention: 50 skus x 40 PATCHes each, sent back to back, applied by 4 worker processes
-at concurrency 20. Every sku's row ends equal to its last PATCH, and its events carry versions 1..41 in order."""
+at concurrency 20, on one queue and on two partitions' queues (two `workers run`, each a process per partition). Every
+sku's row ends equal to its last PATCH, and its events carry versions 1..41 in order."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import pytest
 
 from tests.faults.harness import FaultRun, assert_exactly_once, widget_writes
 from tests.summary import report
@@ -13,8 +16,14 @@ PATCHES = 40
 COMMANDS = SKUS * (1 + PATCHES)
 
 
-async def test_each_widget_takes_its_commands_in_accept_order(fault_run: Callable[..., FaultRun]) -> None:
-    async with fault_run("ordering", workers=4, concurrency=20, clients=SKUS) as run:
+@pytest.mark.parametrize("partitions", [1, 2], ids=["one-queue", "two-partitions"])
+async def test_each_widget_takes_its_commands_in_accept_order(
+    fault_run: Callable[..., FaultRun], partitions: int
+) -> None:
+    name, workers = ("ordering", 4) if partitions == 1 else (f"ordering-{partitions}-partitions", 4 // partitions)
+    async with fault_run(
+        name, workers=workers, concurrency=20, clients=SKUS, WIDGETRY_QUEUE_PARTITIONS=str(partitions)
+    ) as run:
         await run.submitter.sequences(widget_writes(f"ORDER-{n}", PATCHES) for n in range(SKUS))
         await run.settle()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import httpx
 import msgspec
+import pytest
 from httpx_sse import aconnect_sse
 
 from tests.faults.harness import FaultRun, assert_exactly_once, widget_writes
@@ -54,10 +55,21 @@ class Follower:
                             return
 
 
-async def test_clients_cut_and_resumed_get_every_event_once_in_order(fault_run: Callable[..., FaultRun]) -> None:
+@pytest.mark.parametrize("partitions", [1, 2], ids=["one-queue", "two-partitions"])
+async def test_clients_cut_and_resumed_get_every_event_once_in_order(
+    fault_run: Callable[..., FaultRun], partitions: int
+) -> None:
+    """On one queue with two worker processes, and on two partitions' queues with a worker process each: the events
+    of both partitions interleave on the one stream, and a resume id still means the same place in it."""
     rng = random.Random(SEED)  # noqa: S311 - reproducible cut points, not secrets
+    name, workers = ("sse-churn", 2) if partitions == 1 else (f"sse-churn-{partitions}-partitions", 1)
     async with fault_run(
-        "sse-churn", workers=2, concurrency=20, clients=40, WIDGETRY_SSE_CONNECTIONS_PER_CLIENT=str(CLIENTS * 2)
+        name,
+        workers=workers,
+        concurrency=20,
+        clients=40,
+        WIDGETRY_SSE_CONNECTIONS_PER_CLIENT=str(CLIENTS * 2),
+        WIDGETRY_QUEUE_PARTITIONS=str(partitions),
     ) as run:
         url = run.stack.urls[0]
         followers = [Follower(url, sorted(rng.sample(range(1, EVENTS), RESUMES))) for _ in range(CLIENTS)]

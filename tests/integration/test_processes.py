@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support import AUTH, ROOT, WAIT, Process, Server, collect_events, wait_until
+from widgetry.services.queue import partition_of
 
 
 def compose_command(service: str) -> list[str]:
@@ -89,6 +90,33 @@ def test_workers_run_with_more_processes_stops_them_all(external_env: dict[str, 
     """SIGTERM to `workers run --processes 3` stops the processes it forked too, quietly, and the command ends."""
     workers = Process([*compose_command("worker"), "--processes", "3"], external_env, tmp_path, "workers")
     wait_until(lambda: len(children_of(workers.popen.pid)) == 2, 30, f"two forked workers\n{workers.output}")
+    forked = children_of(workers.popen.pid)
+
+    assert workers.stop(timeout=30) == 0, workers.output
+    assert [pid for pid in forked if Path(f"/proc/{pid}").exists()] == [], workers.output
+    assert "did not finish" not in workers.output
+
+
+async def test_partitions_each_have_their_worker_processes_and_stop_with_the_first(
+    external_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`workers run --processes 2` with two partitions: four processes, two on each partition's queue; commands of
+    skus on either partition are applied; SIGTERM to the command stops every one of them."""
+    env = external_env | {"WIDGETRY_QUEUE_PARTITIONS": "2"}
+    skus = {partition_of(f"PT-{n}", 2): f"PT-{n}" for n in range(8)}
+    assert sorted(skus) == [0, 1]
+    workers = Process([*compose_command("worker"), "--processes", "2"], env, tmp_path, "workers")
+    web = Server(env, tmp_path, "web", args=compose_command("web"))
+    try:
+        wait_until(lambda: len(children_of(workers.popen.pid)) == 3, 30, f"three forked workers\n{workers.output}")
+        async with httpx.AsyncClient(base_url=web.url, headers=AUTH | WAIT, timeout=30) as client:
+            created = [
+                await client.post("/widgets", json={"sku": sku, "name": sku, "price_cents": 1}) for sku in skus.values()
+            ]
+        assert [response.status_code for response in created] == [200, 200], workers.output
+        assert [response.json()["status"] for response in created] == ["succeeded", "succeeded"]
+    finally:
+        web.stop()
     forked = children_of(workers.popen.pid)
 
     assert workers.stop(timeout=30) == 0, workers.output

@@ -227,7 +227,7 @@ async def test_a_command_whose_enqueue_failed_is_recorded_and_queued_by_the_reco
     assert accepted.status_code == 202
     assert (await client.get(accepted.headers["location"])).json()["status"] == "accepted"
 
-    requeued = await requeue_unfinished(app.state.connections, queue)
+    requeued = await requeue_unfinished(app.state.connections, [queue])
 
     assert requeued == 1
     assert (await finished(client, accepted.headers["location"]))["status"] == "succeeded"

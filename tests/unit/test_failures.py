@@ -130,7 +130,7 @@ async def test_a_command_the_recovery_pass_keeps_requeueing_ends_failed(
         )
         await session.commit()
 
-    assert await requeue_unfinished(app.state.connections, queue) == 1  # LOST-1; DOOMED-1 is given up on
+    assert await requeue_unfinished(app.state.connections, [queue]) == 1  # LOST-1; DOOMED-1 is given up on
 
     doomed_now = (await client.get(f"/commands/{doomed.id}")).json()
     assert (doomed_now["status"], doomed_now["error"]["type"]) == ("failed", "/problems/internal")

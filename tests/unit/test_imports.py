@@ -332,7 +332,7 @@ async def test_an_import_whose_enqueue_failed_is_run_by_the_recovery_pass(
     assert accepted.status_code == 202
 
     # The worker's own pass at start-up may have queued it first; either way it is queued once.
-    await requeue_unfinished(app.state.connections, queue_of(app))
+    await requeue_unfinished(app.state.connections, [queue_of(app)])
 
     assert await queued_jobs(app) == 1  # the import, not its three rows one by one
     command = await finished(client, accepted.headers["location"])

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from litestar import Request, Response
@@ -66,14 +67,14 @@ class Intake:
         self,
         intake: CommandIntake,
         connections: Connections,
-        queue: Queue,
+        queues: Sequence[Queue],
         hub: EventHub,
         wait: float,
         idempotency_key: str | None,
     ) -> None:
         self._intake = intake
         self._connections = connections
-        self._queue = queue
+        self._queues = queues
         self._hub = hub
         self._wait = wait
         self._idempotency_key = idempotency_key
@@ -91,7 +92,7 @@ class Intake:
                     )
                 if not created:
                     return replay_response(record)
-                await enqueue_or_leave_to_recovery(self._queue, self._connections.settings, [record])
+                await enqueue_or_leave_to_recovery(self._queues, self._connections.settings, [record])
             outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 
@@ -105,7 +106,7 @@ class Intake:
                 )
             if not created:
                 return replay_response(record)
-            await enqueue_or_leave_to_recovery(self._queue, self._connections.settings, [record])
+            await enqueue_or_leave_to_recovery(self._queues, self._connections.settings, [record])
             outcomes.accepted(self._connections, record)
             return await self._answer(record, finished)
 
@@ -160,7 +161,7 @@ def provide_intake(
         # Set by the write guard: the fingerprint of the API key, or of the key the dashboard's session signed in with.
         client = request.state.get("client", "")
         scoped_key = scope_idempotency_key(client, idempotency_key)
-    return Intake(state.intake, state.connections, state.queue, state.hub, wait, scoped_key)
+    return Intake(state.intake, state.connections, state.queues, state.hub, wait, scoped_key)
 
 
 def scope_idempotency_key(client: str, key: str) -> str:

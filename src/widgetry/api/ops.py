@@ -26,7 +26,7 @@ def health() -> dict[str, str]:
 async def ready(state: State) -> Response[dict[str, Any]]:
     """200 when the database and Redis answer and the event reader runs; otherwise 503 naming what failed. Also
     reports the queue (jobs queued, running, scheduled) and each worker's seconds since its last heartbeat."""
-    database, queue = await asyncio.gather(_answers(_database(state)), _answers(queue_status(state.queue)))
+    database, queue = await asyncio.gather(_answers(_database(state)), _answers(queue_status(state.queues)))
     checks = {"database": database is not None, "redis": queue is not None, "events": state.hub.reading}
     status: dict[str, Any] = {name: "ok" if ok else "unavailable" for name, ok in checks.items()}
     if isinstance(queue, QueueStatus):

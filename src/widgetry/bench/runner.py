@@ -24,6 +24,7 @@ from widgetry.bench.report import build_report
 from widgetry.bench.stack import Stack, warm_up
 from widgetry.bench.system import machine
 from widgetry.bench.workload import Workload
+from widgetry.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -161,11 +162,15 @@ def _stack_shape(options: Options, embedded: bool) -> dict[str, Any]:
             "concurrency": options.concurrency,
             "description": f"1 web with its in-process worker at concurrency {options.concurrency}",
         }
+    # The stack's processes inherit this environment; `workers run` starts a process per partition.
+    partitions = Settings.from_env().queue_partitions
+    on_partitions = f" on each of {partitions} queue partitions" if partitions > 1 else ""
     return {
         "webs": options.webs,
         "workers": options.workers,
+        "partitions": partitions,
         "concurrency": options.concurrency,
-        "description": f"{options.webs} web and {options.workers} worker process(es) "
+        "description": f"{options.webs} web and {options.workers} worker process(es){on_partitions} "
         f"at concurrency {options.concurrency}",
     }
 

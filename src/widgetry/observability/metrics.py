@@ -179,13 +179,13 @@ async def _within(timeout: float, read: Any, source: str) -> Any:
 async def scrape(state: State) -> DomainCollector:
     connections = state.connections
     counts = connections.counts
-    queue: RedisQueue = state.queue
+    queues: tuple[RedisQueue, ...] = state.queues
     collector = DomainCollector()
     collector.subscribers = state.hub.subscriber_count
 
     async def redis_side() -> tuple[dict[str, float], QueueStatus]:
         await counts.flush()
-        return await read_totals(connections.redis, counts.key), await queue_status(queue)
+        return await read_totals(connections.redis, counts.key), await queue_status(queues)
 
     redis_read, collector.backlog = await asyncio.gather(
         _within(SCRAPE_TIMEOUT_S, redis_side(), "Redis"),

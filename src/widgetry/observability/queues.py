@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -23,22 +24,27 @@ class QueueStatus(msgspec.Struct, frozen=True):
     """Seconds since each live worker's last heartbeat, by worker id."""
 
 
-async def queue_status(queue: RedisQueue) -> QueueStatus:
-    """Read in one round trip. SAQ's `info()` names the live workers but not when each last wrote its stats; the
-    expiry it files them under in its stats set (written at heartbeat + ttl) tells."""
+async def queue_status(queues: Sequence[RedisQueue]) -> QueueStatus:
+    """Every partition's queue added up, read in one round trip. SAQ's `info()` names the live workers but not when
+    each last wrote its stats; the expiry it files them under in its stats set (written at heartbeat + ttl) tells.
+    A worker process serving several partitions beats on each: it counts as late as its latest."""
     now_ms = time.time() * 1000
-    async with queue.redis.pipeline(transaction=False) as pipe:
-        pipe.llen(queue.namespace("queued"))
-        pipe.llen(queue.namespace("active"))
-        pipe.zcard(queue.namespace("incomplete"))
-        pipe.zrangebyscore(queue.namespace("stats"), now_ms, "+inf", withscores=True)
-        queued, active, incomplete, workers = await pipe.execute()
-    heartbeats = {
-        _worker_id(key): max(0.0, (now_ms - (expires - WORKER_INFO_TTL_MS)) / 1000) for key, expires in workers
-    }
-    return QueueStatus(
-        queued=queued, active=active, scheduled=max(0, incomplete - queued - active), heartbeats=heartbeats
-    )
+    async with queues[0].redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(queue.namespace("queued"))
+            pipe.llen(queue.namespace("active"))
+            pipe.zcard(queue.namespace("incomplete"))
+            pipe.zrangebyscore(queue.namespace("stats"), now_ms, "+inf", withscores=True)
+        replies = await pipe.execute()
+    queued_total = active_total = scheduled_total = 0
+    heartbeats: dict[str, float] = {}
+    for queued, active, incomplete, workers in zip(*[iter(replies)] * 4, strict=True):
+        queued_total, active_total = queued_total + queued, active_total + active
+        scheduled_total += max(0, incomplete - queued - active)
+        for key, expires in workers:
+            since = max(0.0, (now_ms - (expires - WORKER_INFO_TTL_MS)) / 1000)
+            heartbeats[_worker_id(key)] = max(since, heartbeats.get(_worker_id(key), 0.0))
+    return QueueStatus(queued=queued_total, active=active_total, scheduled=scheduled_total, heartbeats=heartbeats)
 
 
 def _worker_id(key: bytes | str) -> str:

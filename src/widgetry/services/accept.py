@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 200
-"""Commands recorded in one transaction and queued as one job, at most."""
+"""Commands recorded in one transaction and queued as one job per partition, at most."""
 ACCEPT_COLUMNS = ("id", "type", "sku", "seq", "payload", "status", "accepted_at")
 RECORD_COMMANDS = insert(CommandRecord.__table__)
 """Core, on the table: the ORM's bulk insert of the same rows costs a lone write 0.1 ms more of bookkeeping."""
@@ -102,16 +102,16 @@ class AcceptService(CommandService):
 
 
 class CommandIntake:
-    """Records write requests' commands with a group commit, and queues each batch as one job.
+    """Records write requests' commands with a group commit, and queues each batch as one job per partition.
 
     Requests arriving while a batch commits join the next one, so under load one transaction and one job carry
     many commands, and a request alone is recorded at once. Nobody is answered before the commit that makes their
     command durable. Each web process has one.
     """
 
-    def __init__(self, alchemy: SQLAlchemyAsyncConfig, queue: Queue, settings: Settings) -> None:
+    def __init__(self, alchemy: SQLAlchemyAsyncConfig, queues: Sequence[Queue], settings: Settings) -> None:
         self._alchemy = alchemy
-        self._queue = queue
+        self._queues = queues
         self._settings = settings
         self._batches = GroupCommit(self._record_and_queue, max_items=MAX_BATCH, name="widgetry-intake")
         self._autocommit = autocommit_engine(alchemy.get_engine())
@@ -134,7 +134,7 @@ class CommandIntake:
 
     async def _queue_recorded(self, records: list[CommandRecord]) -> None:
         try:
-            await enqueue_or_leave_to_recovery(self._queue, self._settings, records)
+            await enqueue_or_leave_to_recovery(self._queues, self._settings, records)
         except Exception:
             logger.exception("%d commands recorded, not queued: left to the recovery pass", len(records))
 

@@ -1,10 +1,11 @@
-"""Queueing recorded commands: one function, one job per batch (an import is queued alone). The job names are the
-contract the worker registers under."""
+"""Queueing recorded commands: one function, one job per batch and partition (an import is queued alone). The job
+names are the contract the worker registers under."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,29 @@ ENQUEUE_TIMEOUT_S = 1.0
 """How long intake waits on Redis to queue a command it has recorded before leaving it to the recovery pass."""
 
 
-async def enqueue(queue: Queue, settings: Settings, commands: Sequence[CommandRecord]) -> bool:
+def partition_of(sku: str | None, partitions: int) -> int:
+    """The partition, of `partitions`, whose queue takes the sku's commands. CRC-32 of the sku: the same in every
+    process and after every restart, which Python's own `hash` of a string is not. An import (no sku of its own,
+    its rows any) goes to partition 0."""
+    if partitions == 1 or sku is None:
+        return 0
+    return zlib.crc32(sku.encode()) % partitions
+
+
+async def enqueue(queues: Sequence[Queue], settings: Settings, commands: Sequence[CommandRecord]) -> bool:
+    """Queues recorded commands on their skus' partitions (`queues[partition_of(sku)]`), one job per partition;
+    says whether any job was queued. Where a command is queued decides only which worker applies it: each sku's
+    order comes from its head row and `applied_seq` fence, whichever worker or partition applies its commands."""
+    if len(queues) == 1:
+        return await _enqueue(queues[0], settings, commands)
+    parts: dict[int, list[CommandRecord]] = {}
+    for command in commands:
+        parts.setdefault(partition_of(command.sku, len(queues)), []).append(command)
+    queued = await asyncio.gather(*(_enqueue(queues[part], settings, batch) for part, batch in parts.items()))
+    return any(queued)
+
+
+async def _enqueue(queue: Queue, settings: Settings, commands: Sequence[CommandRecord]) -> bool:
     """Queues recorded commands as one job, keyed by the first command's id, so queueing a command twice on its own
     queues it once; says whether a job was queued (`False`: one with that key was already waiting or running).
 
@@ -70,13 +93,15 @@ async def enqueue(queue: Queue, settings: Settings, commands: Sequence[CommandRe
     return job is not None
 
 
-async def enqueue_or_leave_to_recovery(queue: Queue, settings: Settings, commands: Sequence[CommandRecord]) -> None:
+async def enqueue_or_leave_to_recovery(
+    queues: Sequence[Queue], settings: Settings, commands: Sequence[CommandRecord]
+) -> None:
     """`enqueue`, for a request whose commands are recorded: a queue that is down or slow loses nothing (the record is
     the source of truth, and the recovery pass queues unfinished commands again), so the client is not kept waiting
     on Redis for more than `ENQUEUE_TIMEOUT_S`, nor failed for it."""
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await enqueue(queue, settings, commands)
+            await enqueue(queues, settings, commands)
     except Exception as error:
         if not is_unavailable(error):
             raise
