@@ -209,6 +209,12 @@ class CommandWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{**kwargs, "enable_heartbeat_manager": False})
 
+    async def start(self) -> None:
+        # Named after its own process: one that `workers run` forked was built from its parent's config, with the
+        # parent's id, and their heartbeats and the jobs each ran would be told apart by nothing.
+        self.id = worker_id()
+        await super().start()
+
     async def stop(self) -> None:
         self.event.set()  # no dequeue starts from here on
         if not self.job_task_contexts:
@@ -228,6 +234,11 @@ def _raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def worker_id() -> str:
+    """Named after the host, so a container's health check can find its own workers' heartbeats, and the process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def build_queues(connections: Connections) -> tuple[CommandQueue, ...]:
@@ -296,8 +307,7 @@ def saq_plugin(connections: Connections, queues: tuple[CommandQueue, ...], *, we
             queue_configs=[
                 QueueConfig(
                     name=queue.name,
-                    # Named after the host, so a container's health check can find its own workers' heartbeats.
-                    id=f"{socket.gethostname()}-{os.getpid()}",
+                    id=worker_id(),
                     broker_instance=connections.redis,
                     tasks=[
                         (APPLY_COMMANDS, apply_commands),

@@ -8,7 +8,6 @@ adds the operator's `commands show|failed|retry`, `events tail` and `keys create
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,8 +49,6 @@ clients did, once or twice a run). Longer than the clients' and than load balanc
 never the side that closes first."""
 QUEUE_TIMEOUT_S = 10
 """How long `commands retry` tries to reach Redis before leaving the command to the recovery pass."""
-CHILD_STOP_TIMEOUT_S = 15
-"""How long `workers run` waits for each of its other worker processes to stop after SIGTERM before killing it."""
 
 T = TypeVar("T")
 
@@ -154,30 +151,17 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
         _use_uvloop()
         # litestar-saq runs each queue's worker in a process of its own: one process per partition taken.
         queues = tuple(settings.queue_names[partition] for partition in sorted(set(partitions)))
+        from widgetry.workers.processes import WorkerProcesses  # noqa: PLC0415
+
+        forked = WorkerProcesses(processes * len(queues or settings.queue_names) - 1)
         try:
-            ctx.invoke(saq_run, workers=processes, queues=queues)
+            with forked:
+                ctx.invoke(saq_run, workers=processes, queues=queues)
         finally:
-            _stop_worker_children()
+            if forked.died:  # also over the exit code litestar-saq's own SIGTERM handler exits with
+                raise SystemExit(f"worker process(es) {forked.died} ended on their own (pid, exit code)")
 
     return run_workers
-
-
-def _stop_worker_children() -> None:
-    """Stops the worker processes litestar-saq forked (a partition's, or `--processes` beyond the first) once the
-    first one has stopped.
-
-    Why here: litestar-saq stops them from a SIGTERM handler that its first worker's event loop replaces with its own
-    (`loop.add_signal_handler`), so a SIGTERM stopped that worker alone, and the process then waited forever to join
-    the others. Each is sent SIGTERM, which stops its worker as it stopped the first; one still alive after
-    `CHILD_STOP_TIMEOUT_S` is killed (its jobs are retried: the sweep finds them)."""
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(CHILD_STOP_TIMEOUT_S)
-        if child.is_alive():
-            child.kill()
-            child.join()
 
 
 def _use_uvloop() -> None:

@@ -60,8 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     queue_partitions: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTITIONS)] = 1
     """Queues the commands are spread over, by a hash of their sku: each sku's commands always go to one of them.
     `widgetry workers run` runs one worker process per partition (`--partition` picks some). The web process queues
-    on them all; the event stream stays one, so resume ids stay as they are. Every deployment's processes must agree
-    on it; changing it leaves the jobs already queued on their old partition, where they still run."""
+    on them all; the event stream stays one, so resume ids stay as they are. Every process of a deployment must agree
+    on it. Raised, the jobs already queued stay on their partitions, which still run; lowered, those on a partition
+    that is gone wait there until the recovery pass queues their commands again, on their new partitions."""
     redis_prefix: str = "widgetry"
     """Namespaces every Redis key (queue and event stream), so several deployments or test runs share a server."""
     stream_max_len: int = 100_000
@@ -194,8 +195,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     @property
     def queue_names(self) -> tuple[str, ...]:
         """The partitions' queues, partition 0 first: it keeps the unpartitioned name (so `1` is the queue of before)
-        and runs the periodic jobs (recovery, relay, retention)."""
-        return (self.queue_name, *(f"{self.queue_name}-{n}" for n in range(1, self.queue_partitions)))
+        and runs the periodic jobs (recovery, relay, retention). The others are `<prefix>:<n>`: under the prefix, so
+        their keys are namespaced by it as every other key is (`saq:<prefix>:<n>:...`)."""
+        return (self.queue_name, *(f"{self.queue_name}:{n}" for n in range(1, self.queue_partitions)))
 
     @property
     def events_stream(self) -> str:

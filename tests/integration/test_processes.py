@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,8 +101,8 @@ def test_workers_run_with_more_processes_stops_them_all(external_env: dict[str, 
 async def test_partitions_each_have_their_worker_processes_and_stop_with_the_first(
     external_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """`workers run --processes 2` with two partitions: four processes, two on each partition's queue; commands of
-    skus on either partition are applied; SIGTERM to the command stops every one of them."""
+    """`workers run --processes 2` with two partitions: four processes, two on each partition's queue, each beating
+    under its own id; commands of skus on either partition are applied; SIGTERM to the command stops every one."""
     env = external_env | {"WIDGETRY_QUEUE_PARTITIONS": "2"}
     skus = {partition_of(f"PT-{n}", 2): f"PT-{n}" for n in range(8)}
     assert sorted(skus) == [0, 1]
@@ -109,12 +110,19 @@ async def test_partitions_each_have_their_worker_processes_and_stop_with_the_fir
     web = Server(env, tmp_path, "web", args=compose_command("web"))
     try:
         wait_until(lambda: len(children_of(workers.popen.pid)) == 3, 30, f"three forked workers\n{workers.output}")
+        pids = {workers.popen.pid, *children_of(workers.popen.pid)}
         async with httpx.AsyncClient(base_url=web.url, headers=AUTH | WAIT, timeout=30) as client:
             created = [
                 await client.post("/widgets", json={"sku": sku, "name": sku, "price_cents": 1}) for sku in skus.values()
             ]
-        assert [response.status_code for response in created] == [200, 200], workers.output
-        assert [response.json()["status"] for response in created] == ["succeeded", "succeeded"]
+            assert [response.status_code for response in created] == [200, 200], workers.output
+            assert [response.json()["status"] for response in created] == ["succeeded", "succeeded"]
+
+            def beating() -> set[int]:
+                heartbeats = httpx.get(f"{web.url}/ready").json()["workers"]["heartbeats"]
+                return {int(worker.rsplit("-", 1)[1]) for worker in heartbeats}
+
+            wait_until(lambda: beating() == pids, 30, f"a heartbeat from each of {pids}")
     finally:
         web.stop()
     forked = children_of(workers.popen.pid)
@@ -122,3 +130,25 @@ async def test_partitions_each_have_their_worker_processes_and_stop_with_the_fir
     assert workers.stop(timeout=30) == 0, workers.output
     assert [pid for pid in forked if Path(f"/proc/{pid}").exists()] == [], workers.output
     assert "did not finish" not in workers.output
+
+
+def test_a_worker_process_that_dies_stops_the_command(external_env: dict[str, str], tmp_path: Path) -> None:
+    """One of the forked processes killed: the command stops the others and exits non-zero, so that a supervisor
+    starts it again rather than leave a partition with nobody taking its jobs. A container taking partition 1 alone
+    passes the compose health check while it runs."""
+    env = external_env | {"WIDGETRY_QUEUE_PARTITIONS": "3"}
+    alone = Process([*compose_command("worker"), "--partition", "1"], env, tmp_path, "partition-1")
+    workers = Process(compose_command("worker"), env, tmp_path, "workers")
+    try:
+        wait_until(lambda: run_health_check("worker", env).returncode == 0, 30, f"a heartbeat\n{alone.output}")
+        wait_until(lambda: len(children_of(workers.popen.pid)) == 2, 30, f"two forked workers\n{workers.output}")
+        victim, survivor = children_of(workers.popen.pid)
+        os.kill(victim, signal.SIGKILL)
+
+        workers.popen.wait(30)
+        assert workers.popen.returncode == 1, workers.output
+        assert "ended on their own (pid, exit code)" in workers.output
+        assert not Path(f"/proc/{survivor}").exists(), workers.output
+    finally:
+        workers.stop()
+        assert alone.stop(timeout=30) == 0, alone.output

@@ -23,14 +23,15 @@ SKUS = [f"PART-{n}" for n in range(24)]
 PATCHES = 5
 
 
-async def jobs_by_queue(app: Litestar) -> dict[str, set[str]]:
-    """The command ids each partition's queue was given jobs for (SAQ keeps each job under `saq:job:<queue>:<key>`,
-    keyed by its first command's id)."""
+async def jobs_by_queue(app: Litestar) -> dict[str, list[list[str]]]:
+    """The command ids of each job each partition's queue was given (SAQ keeps a job under `saq:job:<queue>:<key>`;
+    partition 0's prefix also begins the other partitions' keys, `saq:job:<queue>:<n>:<key>`, and the cron jobs')."""
     redis, names = app.state.connections.redis, app.state.settings.queue_names
-    found: dict[str, set[str]] = {}
+    found: dict[str, list[list[str]]] = {}
     for name in names:
-        keys = [key.decode() async for key in redis.scan_iter(f"saq:job:{name}:*", count=1000)]
-        found[name] = {key.removeprefix(f"saq:job:{name}:") for key in keys if ":cron:" not in key}
+        keys = [key async for key in redis.scan_iter(f"saq:job:{name}:*", count=1000)]
+        own = [key for key in keys if ":" not in key.decode().removeprefix(f"saq:job:{name}:")]
+        found[name] = [msgspec.json.decode(await redis.get(key))["kwargs"]["command_ids"] for key in own]
     return found
 
 
@@ -47,7 +48,7 @@ def test_a_skus_partition_is_the_same_in_every_process() -> None:
 
 async def test_each_sku_is_queued_on_its_partition_and_applied_in_order(embedded_settings: Settings) -> None:
     app = create_app(msgspec.structs.replace(embedded_settings, queue_partitions=PARTITIONS))
-    assert app.state.settings.queue_names == ("widgetry", "widgetry-1", "widgetry-2", "widgetry-3")
+    assert app.state.settings.queue_names == ("widgetry", "widgetry:1", "widgetry:2", "widgetry:3")
     async with serve(app) as client:
 
         async def writes(sku: str) -> list[str]:
@@ -82,20 +83,24 @@ async def test_each_sku_is_queued_on_its_partition_and_applied_in_order(embedded
         row = await widget_row(app, sku)
         assert row is not None
         assert (row.name, row.version) == (f"{sku} v{PATCHES + 1}", PATCHES + 1)
-    # Every job a partition's queue was given holds commands of its own skus only, and every partition got some.
+    # Every job a partition's queue was given holds commands of its own skus only, every partition got some, and
+    # every command was in one job.
     partition_of_command = {
         command_id: partition_of(sku, PARTITIONS) for sku, ids in sent.items() for command_id in ids
     }
     for partition, name in enumerate(app.state.settings.queue_names):
         assert queued[name], f"partition {partition} was given no job"
-        assert {partition_of_command[key] for key in queued[name]} == {partition}
+        assert {partition_of_command[command_id] for job in queued[name] for command_id in job} == {partition}
+    assert sorted(command_id for jobs in queued.values() for job in jobs for command_id in job) == sorted(
+        partition_of_command
+    )
 
 
 def test_a_partition_count_out_of_range_is_refused() -> None:
     for wrong in ("0", "65", "two"):
         with pytest.raises(msgspec.ValidationError, match="queue_partitions"):
             Settings.from_env({"WIDGETRY_QUEUE_PARTITIONS": wrong})
-    assert Settings.from_env({"WIDGETRY_QUEUE_PARTITIONS": "8"}).queue_names[-1] == "widgetry-7"
+    assert Settings.from_env({"WIDGETRY_QUEUE_PARTITIONS": "8"}).queue_names[-1] == "widgetry:7"
 
 
 def test_workers_refuse_a_partition_that_does_not_exist(tmp_path: Path) -> None:

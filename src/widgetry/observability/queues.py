@@ -27,7 +27,8 @@ class QueueStatus(msgspec.Struct, frozen=True):
 async def queue_status(queues: Sequence[RedisQueue]) -> QueueStatus:
     """Every partition's queue added up, read in one round trip. SAQ's `info()` names the live workers but not when
     each last wrote its stats; the expiry it files them under in its stats set (written at heartbeat + ttl) tells.
-    A worker process serving several partitions beats on each: it counts as late as its latest."""
+    A process serving several partitions (the in-process worker) beats on each under one id: it counts as late as its
+    least recent heartbeat."""
     now_ms = time.time() * 1000
     async with queues[0].redis.pipeline(transaction=False) as pipe:
         for queue in queues:
