@@ -4,17 +4,21 @@ litestar-saq runs the first queue's worker in the command's own process and fork
 (a partition's) and for each `--processes` beyond the first. It means to stop them from a SIGTERM handler, which its
 first worker's event loop replaces with its own (`loop.add_signal_handler`): a SIGTERM stopped the first worker
 alone, and the command then waited forever to join the others. Nor does it notice one that dies, whose partition
-then had nobody to take its jobs while the command looked healthy. `WorkerProcesses` does both.
+then had nobody to take its jobs while the command looked healthy. `WorkerProcesses` does both; and a forked
+process whose parent is killed outright (SIGKILL, no handler runs) stops by itself (`stop_when_orphaned`), where it
+went on taking jobs beside the processes a restart brings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ STOP_TIMEOUT_S = 15.0
 """How long the forked processes have, together, to stop after SIGTERM before those still running are killed (their
 jobs are retried: the sweep finds them)."""
 WATCH_INTERVAL_S = 1.0
+ORPHAN_CHECK_S = 1.0
 STARTUP_GRACE_S = 10.0
 """By then litestar-saq has forked every process (it forks them as it starts, before its first worker runs)."""
 
@@ -85,3 +90,14 @@ def stop_forked() -> None:
             if child.is_alive():
                 child.kill()
                 child.join()
+
+
+async def stop_when_orphaned(stop: Callable[[], None]) -> None:
+    """In a process `workers run` forked: waits until the process that forked it is gone, then calls `stop` (the
+    worker's own stop signal, as on SIGTERM). Nothing to do in any other process."""
+    if (parent := multiprocessing.parent_process()) is None:
+        return
+    while parent.is_alive():
+        await asyncio.sleep(ORPHAN_CHECK_S)
+    logger.error("the worker process that forked this one (%s) is gone: stopping", parent.pid)
+    stop()

@@ -33,6 +33,7 @@ from widgetry.workers.jobs import (
     relay_unpublished,
     startup_hook,
 )
+from widgetry.workers.processes import stop_when_orphaned
 
 if TYPE_CHECKING:
     from litestar.types import Guard
@@ -213,7 +214,11 @@ class CommandWorker(Worker):
         # Named after its own process: one that `workers run` forked was built from its parent's config, with the
         # parent's id, and their heartbeats and the jobs each ran would be told apart by nothing.
         self.id = worker_id()
-        await super().start()
+        orphaned = asyncio.create_task(stop_when_orphaned(lambda: self.event.set()), name="widgetry-orphan-watch")
+        try:
+            await super().start()
+        finally:
+            orphaned.cancel()
 
     async def stop(self) -> None:
         self.event.set()  # no dequeue starts from here on

@@ -376,11 +376,13 @@ class FaultRun:
 
     async def worker_holds_a_job(self, n: int) -> bool:
         """Whether worker `n` is running a job right now: SAQ records on each started job the worker's id, which
-        ends with its process id."""
+        ends with its process id. Any partition's queue (`saq:<prefix>:active`, `saq:<prefix>:<n>:active`)."""
         suffix = f"-{self.stack.workers[n].popen.pid}"
         client = aioredis.from_url(self.redis_url)
         try:
-            job_ids = await client.lrange(f"saq:{self.prefix}:active", 0, -1)
+            active = [f"saq:{self.prefix}:active"]
+            active += [key async for key in client.scan_iter(f"saq:{self.prefix}:*:active", count=1000)]
+            job_ids = [job_id for key in active for job_id in await client.lrange(key, 0, -1)]
             records = await client.mget(job_ids) if job_ids else []
         finally:
             await client.aclose()
@@ -388,7 +390,8 @@ class FaultRun:
         return any(job.get("status") == "active" and str(job.get("worker_id")).endswith(suffix) for job in jobs)
 
     async def retried_jobs(self) -> int:
-        """Apply jobs that have been started more than once (SAQ keeps each job's record, with its attempts)."""
+        """Apply jobs that have been started more than once (SAQ keeps each job's record, with its attempts), on any
+        partition's queue (their keys all begin `saq:job:<prefix>:`)."""
         client = aioredis.from_url(self.redis_url)
         try:
             keys = [key async for key in client.scan_iter(f"saq:job:{self.prefix}:*", count=1000)]

@@ -1,13 +1,16 @@
 """Workers SIGKILLed mid-run lose nothing, apply nothing twice and keep each widget's accept order.
 
 2,000 commands over 500 skus (each sku: a create, then three patches, sent in that order), two external worker
-processes, one of them killed with SIGKILL three times during the run and started again each time.
+processes (on one queue, or on two partitions), one of them killed with SIGKILL three times during the run and
+started again each time.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+import pytest
 
 from tests.faults.harness import FaultRun, assert_exactly_once, at_least, widget_writes
 from tests.support import eventually
@@ -19,9 +22,15 @@ KILL_AT = (0.2, 0.45, 0.7)
 """Kill the worker when this share of the commands has finished."""
 
 
-async def test_workers_killed_three_times_lose_and_duplicate_nothing(fault_run: Callable[..., FaultRun]) -> None:
+@pytest.mark.parametrize("partitions", [1, 2], ids=["one-queue", "two-partitions"])
+async def test_workers_killed_three_times_lose_and_duplicate_nothing(
+    fault_run: Callable[..., FaultRun], partitions: int
+) -> None:
+    """On two partitions each `workers run` is two processes, one per partition: the one killed is the command's own
+    (partition 0's), and the process it forked (partition 1's) stops by itself, its jobs cancelled and retried."""
     kills: list[int] = []
-    async with fault_run("sigkill", workers=2, concurrency=10, clients=40) as run:
+    name = "sigkill" if partitions == 1 else f"sigkill-{partitions}-partitions"
+    async with fault_run(name, workers=2, concurrency=10, clients=40, WIDGETRY_QUEUE_PARTITIONS=str(partitions)) as run:
         sending = asyncio.create_task(run.submitter.sequences(widget_writes(f"KILL-{n}", PATCHES) for n in range(SKUS)))
         for share in KILL_AT:
             await eventually(lambda share=share: at_least(run.probe.finished, share * COMMANDS), 120, "progress")

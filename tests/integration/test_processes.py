@@ -152,3 +152,28 @@ def test_a_worker_process_that_dies_stops_the_command(external_env: dict[str, st
     finally:
         workers.stop()
         assert alone.stop(timeout=30) == 0, alone.output
+
+
+def test_forked_worker_processes_stop_when_the_command_is_killed(external_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL to `workers run` (no handler runs): the processes it forked stop by themselves, rather than go on
+    taking jobs beside the ones a restart brings."""
+    env = external_env | {"WIDGETRY_QUEUE_PARTITIONS": "2"}
+    workers = Process([*compose_command("worker"), "--processes", "2"], env, tmp_path, "workers")
+    wait_until(lambda: len(children_of(workers.popen.pid)) == 3, 30, f"three forked workers\n{workers.output}")
+    forked = children_of(workers.popen.pid)
+
+    workers.stop(signal.SIGKILL)
+
+    def gone() -> bool:
+        # Reparented to init (or a subreaper), which reaps them as they end.
+        return not [pid for pid in forked if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+
+    wait_until(gone, 30, f"the forked workers {forked} to stop\n{workers.output}")
+    assert "is gone: stopping" in workers.output
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
