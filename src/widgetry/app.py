@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -53,6 +54,7 @@ from widgetry.observability.outcomes import observe
 from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.accept import CommandIntake
 from widgetry.settings import Settings
+from widgetry.sqlite import WalCheckpoints
 from widgetry.streaming.hub import EventHub
 from widgetry.workers.queue import build_queues, saq_plugin
 
@@ -206,8 +208,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     await app.state.hub.start()
     freeze_startup_objects()
     try:
-        async with flushing(connections.counts):
-            yield
+        with WalCheckpoints(settings.sqlalchemy_url) if settings.uses_sqlite else contextlib.nullcontext():
+            async with flushing(connections.counts):
+                yield
     finally:
         await app.state.intake.drain()
         # Litestar leaves lifespan managers before it runs the plugins' shutdown hooks: stop the in-process worker

@@ -12,8 +12,10 @@ for the one writing to end its transaction; readers never wait (WAL).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from widgetry.compat import InPlaceConnection
 
+logger = logging.getLogger(__name__)
+
+WAL_CHECKPOINT_INTERVAL_S = 1.0
+"""How often `WalCheckpoints` copies the write-ahead log into the database, from a thread of its own."""
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""SQLite's own checkpoint, run by the commit that grows the log past this many pages (4 KB each): a safety net
+for a process that runs no `WalCheckpoints` (a `widgetry` command beside the server). At SQLite's default of
+1,000 pages, a commit on the event loop checkpointed about once every 75 commands, each time holding the loop for
+about 4 ms (measured: 75 SQLite calls over 1 ms, 296 ms in all, in 3,000 commands at 100/s)."""
 BUSY_TIMEOUT_S = 30
 """How long a write waits for another process's write transaction (a `widgetry` command run beside the server):
 in SQLite's busy handler, which holds the event loop. Writers within the process wait for each other in turn."""
@@ -58,7 +69,46 @@ def _pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
+
+
+class WalCheckpoints:
+    """Copies the write-ahead log into the database every `WAL_CHECKPOINT_INTERVAL_S`, on a connection and a thread
+    of its own, while the app runs: the copying and its fsyncs happen beside the event loop (Python's sqlite3 lets
+    go of the GIL while SQLite works), not inside a commit on it. A PASSIVE checkpoint waits for no reader or writer:
+    it copies what it can, and the next one the rest."""
+
+    def __init__(self, url: str) -> None:
+        self._database = make_url(url).database or ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="widgetry-wal-checkpoints", daemon=True)
+
+    def __enter__(self) -> WalCheckpoints:
+        if self._database and self._database != ":memory:":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        connection = sqlite3.connect(self._database, timeout=0)
+        try:
+            while not self._stop.wait(WAL_CHECKPOINT_INTERVAL_S):
+                self._checkpoint(connection)
+            self._checkpoint(connection)
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _checkpoint(connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as error:  # busy or locked now: the next one copies it
+            logger.debug("WAL checkpoint skipped: %s", error)
 
 
 class TurnTakingConnection(InPlaceConnection):

@@ -1,8 +1,10 @@
-"""The SQLite engine: writers in one process take turns without SQLite's busy handler, readers never wait."""
+"""The SQLite engine: writers in one process take turns without SQLite's busy handler, readers never wait, and the
+write-ahead log is copied into the database by a thread of its own, not by a commit on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from widgetry.sqlite import create_sqlite_engine
+from tests.support import eventually
+from widgetry.sqlite import WalCheckpoints, create_sqlite_engine
 
 
 @pytest.fixture
@@ -75,3 +78,34 @@ async def test_a_writer_cancelled_mid_transaction_hands_its_turn_on(engine: Asyn
         await connection.execute(text("INSERT INTO t VALUES (2)"))
 
     assert await rows(engine) == [2]
+
+
+def in_the_database_file(path: Path) -> int:
+    """Rows of `t` in the database file itself: `immutable` reads the file and ignores the write-ahead log."""
+    connection = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        if not connection.execute("SELECT count(*) FROM sqlite_master WHERE name = 't'").fetchone()[0]:
+            return 0  # not even the table is in the file yet
+        return int(connection.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        connection.close()
+
+
+async def test_commits_leave_the_log_and_the_checkpoint_thread_copies_it_into_the_database(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A commit on the event loop does not checkpoint (SQLite's own threshold is raised far above a few commits);
+    `WalCheckpoints` does, from its thread."""
+    path = tmp_path / "turns.db"
+    for n in range(20):
+        async with engine.begin() as connection:
+            await connection.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+    assert await rows(engine) == list(range(20))
+    assert in_the_database_file(path) == 0  # still only in the log
+
+    with WalCheckpoints(f"sqlite+aiosqlite:///{path}"):
+
+        async def copied() -> bool:
+            return in_the_database_file(path) == 20
+
+        await eventually(copied, 10, "the checkpoint thread to copy the log into the database")
