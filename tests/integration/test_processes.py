@@ -138,19 +138,21 @@ def test_a_worker_process_that_dies_stops_the_command(external_env: dict[str, st
     passes the compose health check while it runs."""
     env = external_env | {"WIDGETRY_QUEUE_PARTITIONS": "3"}
     alone = Process([*compose_command("worker"), "--partition", "1"], env, tmp_path, "partition-1")
-    workers = Process(compose_command("worker"), env, tmp_path, "workers")
     try:
         wait_until(lambda: run_health_check("worker", env).returncode == 0, 30, f"a heartbeat\n{alone.output}")
-        wait_until(lambda: len(children_of(workers.popen.pid)) == 2, 30, f"two forked workers\n{workers.output}")
-        victim, survivor = children_of(workers.popen.pid)
-        os.kill(victim, signal.SIGKILL)
+        workers = Process(compose_command("worker"), env, tmp_path, "workers")
+        try:
+            wait_until(lambda: len(children_of(workers.popen.pid)) == 2, 30, f"two forked workers\n{workers.output}")
+            victim, survivor = children_of(workers.popen.pid)
+            os.kill(victim, signal.SIGKILL)
 
-        workers.popen.wait(30)
-        assert workers.popen.returncode == 1, workers.output
-        assert "ended on their own (pid, exit code)" in workers.output
-        assert not Path(f"/proc/{survivor}").exists(), workers.output
+            workers.popen.wait(30)
+            assert workers.popen.returncode == 1, workers.output
+            assert "ended on their own (pid, exit code)" in workers.output
+            assert not Path(f"/proc/{survivor}").exists(), workers.output
+        finally:
+            workers.stop()
     finally:
-        workers.stop()
         assert alone.stop(timeout=30) == 0, alone.output
 
 
