@@ -277,17 +277,23 @@ Hook = Callable[[dict[str, Any]], Awaitable[None]]
 def flush_counts(connections: Connections) -> tuple[Hook, Hook]:
     """The worker's start and stop hooks that add what its jobs counted (commands finished, events published) to the
     shared metrics every second and once more as it stops: a worker process has nothing else that would, and nobody
-    scrapes it. Once a second, not after each job: that was a Redis transaction on the path of every command."""
-    key = "widgetry_flushing"
+    scrapes it. Once a second, not after each job: that was a Redis transaction on the path of every command.
+
+    One flushing loop per process, however many partitions' workers it runs (they share its counts): the first
+    worker to start starts it, the last to stop stops it."""
+    running: set[int] = set()  # the workers started, by the id of their context
+    stack = contextlib.AsyncExitStack()
 
     async def start(ctx: dict[str, Any]) -> None:
-        stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(flushing(connections.counts))
-        ctx[key] = stack
+        if not running:
+            await stack.enter_async_context(flushing(connections.counts))
+        running.add(id(ctx))
 
     async def stop(ctx: dict[str, Any]) -> None:
-        if (stack := ctx.pop(key, None)) is not None:
-            await stack.aclose()
+        if id(ctx) in running:
+            running.discard(id(ctx))
+            if not running:
+                await stack.aclose()
 
     return start, stop
 

@@ -43,8 +43,8 @@ async def queue_status(queues: Sequence[RedisQueue]) -> QueueStatus:
         queued_total, active_total = queued_total + queued, active_total + active
         scheduled_total += max(0, incomplete - queued - active)
         for key, expires in workers:
-            since = max(0.0, (now_ms - (expires - WORKER_INFO_TTL_MS)) / 1000)
-            heartbeats[_worker_id(key)] = max(since, heartbeats.get(_worker_id(key), 0.0))
+            worker, since = _worker_id(key), max(0.0, (now_ms - (expires - WORKER_INFO_TTL_MS)) / 1000)
+            heartbeats[worker] = max(since, heartbeats.get(worker, 0.0))
     return QueueStatus(queued=queued_total, active=active_total, scheduled=scheduled_total, heartbeats=heartbeats)
 
 
