@@ -21,6 +21,9 @@ SQLITE_FILE = "widgetry.db"
 
 SERIAL_GROUP = "faults"
 """The fault tests run one at a time, on one xdist worker: each starts and breaks servers of its own."""
+FAULT_TIMEOUT_S = 600
+"""A fault run's limit, past the suite's 240 s: one runs thousands of commands through servers of its own, and took
+over 240 s on a slow machine whose other core ran the rest of the suite meanwhile (130 s alone)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,7 +33,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         group = item.nodeid.partition("::")[0]
         if group.startswith("tests/unit/"):
             continue
-        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP if group.startswith("tests/faults/") else group))
+        if group.startswith("tests/faults/"):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+            item.add_marker(pytest.mark.timeout(FAULT_TIMEOUT_S))
+        else:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -20,7 +20,7 @@ from tests.faults.harness import FaultRun, assert_exactly_once, widget_writes
 
 CLIENTS = 20
 RESUMES = 25
-SKUS = 1250
+SKUS = 600
 PATCHES = 3
 EVENTS = SKUS * (1 + PATCHES)
 SEED = 20261127
