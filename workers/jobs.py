@@ -18,7 +18,7 @@ from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService
 from widgetry.services.imports import IMPORT_TYPE, ImportService
 from widgetry.services.publish import EventService, publish_pending_autocommit
-from widgetry.services.queries.commands import autocommit_engine
+from widgetry.services.queries.held import held_connection
 from widgetry.services.queue import APPLY_COMMAND, APPLY_COMMANDS, IMPORT_WIDGETS, enqueue
 from widgetry.services.unavailable import is_unavailable
 from widgetry.services.units import unit_of_work
@@ -101,8 +101,8 @@ class CommandApplier:
 async def apply_batch(connections: Connections, command_ids: list[UUID]) -> Applied:
     """Claims and applies the commands (see `ApplyService.apply_many`); returns what is then to be published."""
     alchemy = connections.alchemy
-    if (autocommit := autocommit_engine(alchemy.get_engine())) is not None:
-        targets = await claim(autocommit, command_ids)
+    if (held := held_connection(alchemy.get_engine())) is not None:
+        targets = await claim(held, command_ids)
     else:
         async with unit_of_work(alchemy) as session:
             targets = await ApplyService(session=session).claim(command_ids)
@@ -225,8 +225,8 @@ async def publish_pending(
     """Publishes the skus' unpublished events: `known`, when the caller knows them all, else read from the outbox."""
     if not skus:
         return
-    if (autocommit := autocommit_engine(connections.alchemy.get_engine())) is not None:
-        await publish_pending_autocommit(autocommit, skus, observed(connections), known)
+    if (held := held_connection(connections.alchemy.get_engine())) is not None:
+        await publish_pending_autocommit(held, skus, observed(connections), known)
         return
     async with unit_of_work(connections.alchemy) as session:
         await EventService(session=session).publish_pending(skus, observed(connections), known)

@@ -53,6 +53,7 @@ from widgetry.observability.metrics import Exposition, prometheus_config
 from widgetry.observability.outcomes import observe
 from widgetry.observability.tracing import tracing_plugins
 from widgetry.services.accept import CommandIntake
+from widgetry.services.queries.held import held_connection
 from widgetry.settings import Settings
 from widgetry.sqlite import WalCheckpoints
 from widgetry.streaming.hub import EventHub
@@ -220,6 +221,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
                 await worker.stop()
         await app.state.hub.stop()
         await connections.redis.aclose()
+        if (held := held_connection(connections.alchemy.get_engine())) is not None:
+            await held.close()
         await connections.alchemy.get_engine().dispose()
 
 

@@ -21,7 +21,8 @@ from widgetry.domain.commands import Command, CommandStatus, command_type, dump_
 from widgetry.domain.models import CommandRecord
 from widgetry.services.batching import GroupCommit
 from widgetry.services.commands import CommandService, Submission, command_fingerprint, next_seq, next_seqs
-from widgetry.services.queries.commands import RECORD_BATCH, autocommit_engine
+from widgetry.services.queries.commands import RECORD_BATCH
+from widgetry.services.queries.held import held_connection
 from widgetry.services.queue import enqueue_or_leave_to_recovery
 from widgetry.services.unavailable import is_unavailable
 from widgetry.services.units import unit_of_work
@@ -114,7 +115,7 @@ class CommandIntake:
         self._queues = queues
         self._settings = settings
         self._batches = GroupCommit(self._record_and_queue, max_items=MAX_BATCH, name="widgetry-intake")
-        self._autocommit = autocommit_engine(alchemy.get_engine())
+        self._held = held_connection(alchemy.get_engine())
         self._queueing: set[asyncio.Task[None]] = set()
 
     async def accept(self, submission: Submission) -> CommandRecord:
@@ -160,21 +161,20 @@ class CommandIntake:
         return outcomes
 
     async def _accept(self, batch: list[Submission]) -> list[CommandRecord]:
-        if self._autocommit is None:
+        if self._held is None:
             async with unit_of_work(self._alchemy) as session:
                 return await AcceptService(session=session).accept_many(batch)
-        # PostgreSQL: one statement on a connection outside any transaction, so it commits as it ends: one round
-        # trip (no BEGIN, no COMMIT) makes the batch durable.
+        # PostgreSQL: one statement outside any transaction, so it commits as it ends: one round trip (no BEGIN, no
+        # COMMIT) makes the batch durable.
         accepted_at = datetime.now(UTC)
-        async with self._autocommit.connect() as connection:
-            await connection.execute(
-                RECORD_BATCH,
-                {
-                    "ids": [submission.id for submission in batch],
-                    "types": [command_type(submission.command) for submission in batch],
-                    "skus": [submission.sku for submission in batch],
-                    "payloads": [encode_command(submission.command) for submission in batch],
-                    "accepted_at": accepted_at,
-                },
-            )
+        await self._held.fetch(
+            RECORD_BATCH,
+            {
+                "ids": [submission.id for submission in batch],
+                "types": [command_type(submission.command) for submission in batch],
+                "skus": [submission.sku for submission in batch],
+                "payloads": [encode_command(submission.command) for submission in batch],
+                "accepted_at": accepted_at,
+            },
+        )
         return [submission.record(accepted_at) for submission in batch]

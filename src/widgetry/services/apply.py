@@ -31,7 +31,7 @@ from widgetry.services.unavailable import is_unavailable
 from widgetry.services.widgets import Current, WidgetService
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from widgetry.services.queries.held import HeldConnection
 
 logger = logging.getLogger(__name__)
 
@@ -197,13 +197,12 @@ class ApplyService(CommandService):
         return sku
 
 
-async def claim(autocommit: AsyncEngine, command_ids: Sequence[UUID]) -> dict[str, int]:
+async def claim(held: HeldConnection, command_ids: Sequence[UUID]) -> dict[str, int]:
     """`ApplyService.claim` on PostgreSQL as single statements outside any transaction: the claim is durable, and
     visible, as it ends, with no BEGIN or COMMIT round trip on the path of every command."""
-    async with autocommit.connect() as connection:
-        rows = list((await connection.execute(CLAIM, {"ids": list(command_ids)})).tuples())
-        if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
-            rows += (await connection.execute(READ_TARGETS, {"ids": list(unclaimed)})).tuples()
+    rows = [tuple(row) for row in await held.fetch(CLAIM, {"ids": list(command_ids)})]
+    if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
+        rows += [tuple(row) for row in await held.fetch(READ_TARGETS, {"ids": list(unclaimed)})]
     return _targets(rows)
 
 

@@ -23,7 +23,7 @@ from widgetry.domain.models import EventRecord
 from widgetry.services.queries import events as queries
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from widgetry.services.queries.held import HeldConnection
 
 Publish = Callable[[Sequence[EventRecord]], Awaitable[list[str]]]
 """Puts events on the stream in the order given and returns their stream ids. The outbox hands it rows read with
@@ -120,16 +120,15 @@ class EventService(SQLAlchemyAsyncRepositoryService[EventRecord]):
 
 
 async def publish_pending_autocommit(
-    autocommit: AsyncEngine, skus: Collection[str], publish: Publish, known: Sequence[Any] | None = None
+    held: HeldConnection, skus: Collection[str], publish: Publish, known: Sequence[Any] | None = None
 ) -> int:
     """`EventService.publish_pending` on PostgreSQL, as single statements outside any transaction (the read unless
     the events are `known`, and the stream ids recorded at once): no BEGIN or COMMIT round trip after every batch."""
-    async with autocommit.connect() as connection:
-        if known is None:
+    if known is None:
+        # Rows read by attribute (the publisher's input), so through SQLAlchemy: the rare path, after a failure.
+        async with held.engine.connect() as connection:
             known = list(await connection.execute(PENDING_FOR_SKUS, {"skus": sorted(set(skus))}))
-        if known:
-            stream_ids = await publish(known)
-            await connection.execute(
-                queries.RECORD_STREAM_IDS, {"rows": [event.id for event in known], "stream_ids": stream_ids}
-            )
+    if known:
+        stream_ids = await publish(known)
+        await held.fetch(queries.RECORD_STREAM_IDS, {"rows": [event.id for event in known], "stream_ids": stream_ids})
     return len(known)
