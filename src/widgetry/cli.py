@@ -32,6 +32,7 @@ from widgetry.services.publish import EventService
 from widgetry.services.queue import enqueue
 from widgetry.services.unavailable import is_unavailable
 from widgetry.services.units import unit_of_work
+from widgetry.settings import DEFAULT_WORKER_CONCURRENCY
 
 if TYPE_CHECKING:
     import uvicorn
@@ -110,7 +111,8 @@ def _workers_run_command(saq_run: click.Command) -> click.Command:
         "--concurrency",
         type=click.IntRange(min=1),
         default=None,
-        help="Jobs each worker process runs at once [default: WIDGETRY_WORKER_CONCURRENCY or 10].",
+        help="Jobs each worker process runs at once "
+        f"[default: WIDGETRY_WORKER_CONCURRENCY or {DEFAULT_WORKER_CONCURRENCY}].",
     )
     @click.option(
         "--processes",

@@ -37,6 +37,9 @@ class LogFormat(StrEnum):
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+DEFAULT_WORKER_CONCURRENCY = 50
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     database_url: str | None = None
     """`None` means the embedded SQLite file `widgetry.db` in the working directory."""
@@ -56,7 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     metrics_token: str | None = None
     """A credential for scrapers, sent as an API key is, that reads `/metrics` and nothing else. Setting it, or
     `protect_reads`, puts `/metrics` behind it and the API keys; with neither, `/metrics` is public."""
-    worker_concurrency: int = 50
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY
     """Jobs each worker process runs at once, and so the most jobs one apply batch can take. A job holds its slot
     until its events are published, some three batches' time: at 10, a worker here fell behind at 200 lone commands
     a second with most of a core to spare (POST -> event p50 1.7 s and growing), and kept up at 40 to 100 (78 to 96

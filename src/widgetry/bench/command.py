@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from widgetry.settings import DEFAULT_WORKER_CONCURRENCY
+
 QUICK = {"commands": 600, "subscribers": 2}
 """`--quick`: a smoke run, spawning included, in well under a minute; options given explicitly still win."""
 
@@ -28,7 +30,7 @@ QUICK = {"commands": 600, "subscribers": 2}
     "--concurrency",
     type=click.IntRange(min=1),
     default=None,
-    help="Jobs each worker runs at once [default: WIDGETRY_WORKER_CONCURRENCY or 10].",
+    help=f"Jobs each worker runs at once [default: WIDGETRY_WORKER_CONCURRENCY or {DEFAULT_WORKER_CONCURRENCY}].",
 )
 @click.option("--subscribers", type=click.IntRange(min=1), default=1, show_default=True, help="SSE clients.")
 @click.option("--commands", type=click.IntRange(min=1), default=5000, show_default=True, help="Writes to send.")
@@ -122,7 +124,7 @@ def bench_command(
         api_key=api_key,
         webs=webs,
         workers=workers,
-        concurrency=concurrency or int(os.environ.get("WIDGETRY_WORKER_CONCURRENCY") or 10),
+        concurrency=concurrency or int(os.environ.get("WIDGETRY_WORKER_CONCURRENCY") or DEFAULT_WORKER_CONCURRENCY),
         subscribers=subscribers,
         commands=commands,
         skus=skus,

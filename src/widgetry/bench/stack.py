@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from widgetry.client import AsyncWidgetryClient, ProblemError
+from widgetry.settings import DEFAULT_WORKER_CONCURRENCY
 
 STOP_TIMEOUT_S = 15
 """SIGTERM, then SIGKILL after this long (a web process drains for up to 5 s)."""
@@ -58,7 +59,7 @@ class Stack:
     embedded: bool
     webs: int = 1
     workers: int = 1
-    concurrency: int = 10
+    concurrency: int = DEFAULT_WORKER_CONCURRENCY
     web_services: list[Service] = field(default_factory=list)
     worker_services: list[Service] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
