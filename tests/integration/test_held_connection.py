@@ -1,5 +1,5 @@
 """The write path's kept connection (`widgetry.services.queries.held`) on the real PostgreSQL: its statements
-commit as they return, a connection that failed is replaced, and one left idle goes back to the pool."""
+commit as they return, and a connection the database dropped is replaced."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from widgetry.services.queries import held as held_module
@@ -101,18 +101,27 @@ async def test_a_connection_killed_under_it_fails_one_statement_then_is_replaced
         await other.close()
 
 
-async def test_an_idle_connection_goes_back_to_the_pool(
-    held: HeldConnection, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+async def test_a_connection_dropped_while_idle_is_replaced_before_its_next_statement(
+    held: HeldConnection, engine: AsyncEngine, empty_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkins: list[object] = []
-    event.listen(engine.sync_engine.pool, "checkin", lambda connection, _record: checkins.append(connection))
+    """A database restarted during a quiet spell fails no statement: an idle connection is pinged first."""
     await held.fetch(RECORD_BATCH, batch("held-3"))
+    [(pid,)] = await held.fetch(BACKEND, {})
+    admin = await asyncpg.connect(empty_database)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+
+    monkeypatch.setattr(held_module, "PING_AFTER_IDLE_S", 0.0)
     await held.fetch(RECORD_BATCH, batch("held-3"))
-    assert (engine.pool.checkedout(), checkins) == (1, [])  # type: ignore[attr-defined]  # kept between statements
 
-    monkeypatch.setattr(held_module, "IDLE_BEFORE_RETURN_S", 0.0)
-    await held.fetch(RECORD_BATCH, batch("held-3"))  # returned first, then checked out again (the pool pings it)
-    assert (engine.pool.checkedout(), len(checkins)) == (1, 1)  # type: ignore[attr-defined]
-
+    [(new_pid,)] = await held.fetch(BACKEND, {})
+    assert new_pid != pid
+    other = await asyncpg.connect(empty_database)
+    try:
+        assert await other.fetchval("SELECT count(*) FROM commands WHERE sku = 'held-3'") == 2
+    finally:
+        await other.close()
     await held.close()
-    assert (engine.pool.checkedout(), len(checkins)) == (0, 2)  # type: ignore[attr-defined]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]  # closed: back in the pool

@@ -24,13 +24,14 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from sqlalchemy.sql.elements import TextClause
 
-IDLE_BEFORE_RETURN_S = 2.0
-"""A kept connection idle this long goes back to the pool, and the next statement checks one out again: the pool
-pings one that sat idle (see `widgetry.connections`), so a database restarted meanwhile costs no request a failure."""
+PING_AFTER_IDLE_S = 2.0
+"""A kept connection idle this long is pinged before its next statement (one round trip), and replaced if the
+database dropped it meanwhile: as the pool does for its own idle connections (see `widgetry.connections`), so a
+database restarted during a quiet spell costs no request a failure."""
 
 
 class HeldConnection:
-    """One autocommit connection of the engine's pool, kept while in use, and each statement prepared on it once.
+    """One autocommit connection of the engine's pool, kept, and each statement prepared on it once.
 
     Statements on it take turns (a lock): the callers are group commits, one batch at a time. A statement that
     fails for any reason drops the connection, which the pool then replaces; the error goes to the caller as it is
@@ -52,8 +53,12 @@ class HeldConnection:
     async def fetch(self, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
         """The statement's rows (asyncpg records, which unpack as tuples), committed as it returns."""
         async with self._lock:
-            if self._connection is not None and time.monotonic() - self._last_used >= IDLE_BEFORE_RETURN_S:
-                await self._release()
+            if (
+                self._connection is not None
+                and time.monotonic() - self._last_used >= PING_AFTER_IDLE_S
+                and not await self._answers()
+            ):
+                await self._discard()
             try:
                 if self._connection is None:
                     self._connection = await self._engine.connect()
@@ -71,6 +76,13 @@ class HeldConnection:
                 raise
             self._last_used = time.monotonic()
             return rows
+
+    async def _answers(self) -> bool:
+        try:
+            await self._driver.fetchval("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure means the connection is no use
+            return False
+        return True
 
     async def close(self) -> None:
         """Returns the connection to the pool: before the engine is disposed."""
