@@ -200,9 +200,9 @@ class ApplyService(CommandService):
 async def claim(held: HeldConnection, command_ids: Sequence[UUID]) -> dict[str, int]:
     """`ApplyService.claim` on PostgreSQL as single statements outside any transaction: the claim is durable, and
     visible, as it ends, with no BEGIN or COMMIT round trip on the path of every command."""
-    rows = [tuple(row) for row in await held.fetch(CLAIM, {"ids": list(command_ids)})]
+    rows = await held.fetch(CLAIM, {"ids": list(command_ids)})
     if unclaimed := set(command_ids) - {command_id for command_id, _, _ in rows}:
-        rows += [tuple(row) for row in await held.fetch(READ_TARGETS, {"ids": list(unclaimed)})]
+        rows += await held.fetch(READ_TARGETS, {"ids": list(unclaimed)})
     return _targets(rows)
 
 
