@@ -46,12 +46,20 @@ def batch(sku: str) -> dict[str, object]:
 BACKEND = text("SELECT pg_backend_pid()")
 
 
-async def backend_alive(database_url: str, pid: int) -> bool:
+async def value_of(database_url: str, query: str, *args: object) -> object:
+    """One value read in a session of its own (not the held connection's)."""
     connection = await asyncpg.connect(database_url)
     try:
-        return bool(await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid))
+        return await connection.fetchval(query, *args)
     finally:
         await connection.close()
+
+
+async def kill_held_backend(held: HeldConnection, database_url: str) -> int:
+    """Terminates the held connection's backend from another session, as a database restart would; returns its pid."""
+    [(pid,)] = await held.fetch(BACKEND, {})
+    await value_of(database_url, "SELECT pg_terminate_backend($1)", pid)
+    return pid
 
 
 async def test_a_recorded_batch_is_committed_when_the_statement_returns(
@@ -79,12 +87,7 @@ async def test_a_connection_killed_under_it_fails_one_statement_then_is_replaced
     held: HeldConnection, empty_database: str
 ) -> None:
     await held.fetch(RECORD_BATCH, batch("held-2"))
-    [(pid,)] = await held.fetch(BACKEND, {})
-    admin = await asyncpg.connect(empty_database)
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", pid)
-    finally:
-        await admin.close()
+    pid = await kill_held_backend(held, empty_database)
 
     with pytest.raises(Exception) as failure:
         await held.fetch(RECORD_BATCH, batch("held-2"))
@@ -93,12 +96,8 @@ async def test_a_connection_killed_under_it_fails_one_statement_then_is_replaced
     await held.fetch(RECORD_BATCH, batch("held-2"))
     [(new_pid,)] = await held.fetch(BACKEND, {})
     assert new_pid != pid
-    assert not await backend_alive(empty_database, pid)
-    other = await asyncpg.connect(empty_database)
-    try:
-        assert await other.fetchval("SELECT count(*) FROM commands WHERE sku = 'held-2'") == 2
-    finally:
-        await other.close()
+    assert await value_of(empty_database, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid) == 0
+    assert await value_of(empty_database, "SELECT count(*) FROM commands WHERE sku = 'held-2'") == 2
 
 
 async def test_a_connection_dropped_while_idle_is_replaced_before_its_next_statement(
@@ -106,22 +105,13 @@ async def test_a_connection_dropped_while_idle_is_replaced_before_its_next_state
 ) -> None:
     """A database restarted during a quiet spell fails no statement: an idle connection is pinged first."""
     await held.fetch(RECORD_BATCH, batch("held-3"))
-    [(pid,)] = await held.fetch(BACKEND, {})
-    admin = await asyncpg.connect(empty_database)
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", pid)
-    finally:
-        await admin.close()
+    pid = await kill_held_backend(held, empty_database)
 
     monkeypatch.setattr(held_module, "PING_AFTER_IDLE_S", 0.0)
     await held.fetch(RECORD_BATCH, batch("held-3"))
 
     [(new_pid,)] = await held.fetch(BACKEND, {})
     assert new_pid != pid
-    other = await asyncpg.connect(empty_database)
-    try:
-        assert await other.fetchval("SELECT count(*) FROM commands WHERE sku = 'held-3'") == 2
-    finally:
-        await other.close()
+    assert await value_of(empty_database, "SELECT count(*) FROM commands WHERE sku = 'held-3'") == 2
     await held.close()
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]  # closed: back in the pool
