@@ -32,10 +32,11 @@ async def test_metrics_count_what_a_separate_worker_applied(web_and_worker: tupl
 
         async def all_finished_counted() -> bool:
             found = samples((await client.get("/metrics")).text)
-            return (
-                sum(value for (name, _), value in found.items() if name.endswith(("_applied_total", "_failed_total")))
-                >= 6
+            # Both counts: a flush (once a second) can carry a command's outcome before its event's publish.
+            finished = sum(
+                value for (name, _), value in found.items() if name.endswith(("_applied_total", "_failed_total"))
             )
+            return finished >= 6 and found.get(("widgetry_events_published_total", ()), 0) >= 6
 
         await eventually(all_finished_counted, 10, "the worker's counts on the web process's /metrics")
         found = samples((await client.get("/metrics")).text)
