@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from litestar.serialization import decode_json, encode_json
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin, Worker
-from saq.queue.redis import RedisQueue
 from saq.utils import cancel_tasks
 
-from widgetry.compat import build_workers_as
+from widgetry.compat import OneTripRedisQueue, build_workers_as
 from widgetry.observability import tracing
 from widgetry.observability.counts import flushing
 from widgetry.observability.queues import WORKER_INFO_INTERVAL_S
@@ -51,8 +50,9 @@ CANCELLATION_DEADLINE_S = 1.0
 """How long a worker waits for a task it cancelled to end: SAQ's default, stated because `CommandWorker` waits too."""
 
 
-class CommandQueue(RedisQueue):
-    """SAQ's Redis queue, with a shorter wait when sweeping a job whose worker died.
+class CommandQueue(OneTripRedisQueue):
+    """SAQ's Redis queue, storing and announcing a job's status in one round trip (`OneTripRedisQueue`), with a
+    shorter wait when sweeping a job whose worker died.
 
     The sweep asks a stuck job's worker to abort it and waits (5 s by default) for an answer, one job at a time,
     before re-queueing it; a SIGKILLed worker never answers, so recovering its 10 jobs would take 50 s. Waiting

@@ -17,15 +17,18 @@ from pathlib import Path
 
 import click
 import pytest
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
 from litestar import Litestar
 from litestar.dto import AbstractDTO
 from litestar_saq import SAQPlugin
 from litestar_saq import Worker as LitestarSaqWorker
+from saq.job import Job, Status
 
 from tests.support import ROOT, running
 from tests.unit.test_layering import SOURCES, module_of
 from widgetry import compat
-from widgetry.workers.queue import CommandWorker
+from widgetry.workers.queue import CommandWorker, EmbeddedRedisQueue
 
 LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy", "aiosqlite")
 """Whose private names only `compat` may use."""
@@ -97,6 +100,41 @@ async def test_workers_are_the_service_s_and_start_no_heartbeat_manager(app: Lit
     assert started == [(CommandWorker, None)] * len(workers), moved(
         "litestar_saq.Worker(enable_heartbeat_manager)", "litestar-saq", "no longer keeps the heartbeat manager off"
     )
+
+
+async def test_a_job_s_status_is_stored_and_announced_in_one_round_trip() -> None:
+    redis = FakeRedis(server=FakeServer())
+    queue = EmbeddedRedisQueue(redis, name="one-trip")
+    await queue.enqueue(Job("apply", key="job-1", retries=2, ttl=600))
+    job = await queue.dequeue(timeout=1)
+    assert job is not None
+    listener = redis.pubsub()
+    await listener.subscribe(job.id)
+    assert (await listener.get_message(timeout=1))["type"] == "subscribe"
+    single_commands: list[tuple[object, ...]] = []
+    execute_command = redis.execute_command
+
+    async def counted(*args: object, **options: object) -> object:
+        single_commands.append(args)
+        return await execute_command(*args, **options)
+
+    redis.execute_command = counted  # type: ignore[method-assign]
+
+    await job.update(status=Status.ACTIVE)
+    await job.finish(Status.COMPLETE)
+    heard = [(await listener.get_message(timeout=1))["data"] for _ in range(2)]
+    redis.execute_command = execute_command  # type: ignore[method-assign]
+    stored = await queue.job("job-1")
+
+    where = "saq.queue.redis.RedisQueue._update and _finish"
+    assert single_commands == [], moved(where, "saq", "are no longer where Queue.update and Queue.finish write a job")
+    assert heard == [b"active", b"complete"], moved(where, "saq", "no longer announce each status once")
+    assert stored is not None
+    assert stored.status is Status.COMPLETE
+    assert await queue.count("active") == 0, moved(
+        "saq.queue.redis.RedisQueue._active and _incomplete", "saq", "no longer name the lists a finished job leaves"
+    )
+    await listener.aclose()
 
 
 async def test_an_in_place_aiosqlite_connection_runs_its_calls_without_a_thread() -> None:
