@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, attributes, sessionmaker
 from widgetry.domain.models import CommandRecord
 from widgetry.observability import tracing
 from widgetry.observability.counts import OUTCOMES
+from widgetry.services.commands import FINISHED_KEY
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 LOGGER = "widgetry.commands"
 """The `logger` these lines name, as the standard library's lines name theirs."""
-
-_FINISHED_KEY = "widgetry.finished_commands"
 
 
 def accepted(connections: Connections, record: CommandRecord) -> None:
@@ -71,7 +70,7 @@ def observe(sessions: async_sessionmaker[AsyncSession], counts: Counts) -> None:
 
     @event.listens_for(factory, "after_commit")
     def count_finished(session: Session) -> None:
-        if session.in_nested_transaction() or not (finished := session.info.pop(_FINISHED_KEY, None)):
+        if session.in_nested_transaction() or not (finished := session.info.pop(FINISHED_KEY, None)):
             return
         for command_id, (command_type, status, seconds) in finished.items():
             counts.finished(command_type, status, seconds)
@@ -103,9 +102,9 @@ def _note_finished(session: Session, _context: Any) -> None:
             and attributes.get_history(record, "status").added
         ):
             seconds = ((record.finished_at or datetime.now(UTC)) - record.accepted_at).total_seconds()
-            session.info.setdefault(_FINISHED_KEY, {})[record.id] = (record.type, record.status, seconds)
+            session.info.setdefault(FINISHED_KEY, {})[record.id] = (record.type, record.status, seconds)
 
 
 def _forget_finished(session: Session, previous: Any) -> None:
     if not previous.nested:
-        session.info.pop(_FINISHED_KEY, None)
+        session.info.pop(FINISHED_KEY, None)

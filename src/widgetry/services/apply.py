@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
+import msgspec
 from sqlalchemy import bindparam, exists, select, update
 
 from widgetry.domain.commands import (
@@ -24,13 +25,15 @@ from widgetry.domain.commands import (
 from widgetry.domain.events import EventType
 from widgetry.domain.models import CommandRecord, EventRecord, Widget, WidgetHead
 from widgetry.domain.problems import CommandFailed
-from widgetry.services.commands import UNFINISHED, CommandService, command_event
+from widgetry.services.commands import UNFINISHED, CommandService, command_event, note_finished
 from widgetry.services.heads import lock_head, lock_heads
-from widgetry.services.queries.commands import CLAIM, READ_TARGETS
+from widgetry.services.queries.commands import CLAIM, READ_TARGETS, RECORD_OUTCOMES
 from widgetry.services.unavailable import is_unavailable
 from widgetry.services.widgets import Current, WidgetService
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from widgetry.services.queries.held import HeldConnection
 
 logger = logging.getLogger(__name__)
@@ -41,17 +44,28 @@ LEFT_UNPUBLISHED = exists().where(
     EventRecord.sku.in_(bindparam("targets", expanding=True)),
     EventRecord.stream_id.is_(None),
 )
+COMMANDS = CommandRecord.__table__
 PENDING_COMMANDS = (
     # With each, its sku's widget as it is (the one round trip reads both), and whether the skus have events still
     # unpublished. Read under the heads' locks, so both hold for everything committed before this batch (the lock
-    # statement's own snapshot is older than the lock it waited for).
-    select(CommandRecord, Widget, LEFT_UNPUBLISHED.label("left_unpublished"))
-    .outerjoin(Widget, Widget.sku == CommandRecord.sku)
+    # statement's own snapshot is older than the lock it waited for). The commands as columns, not as instances of
+    # the unit of work: their outcomes are written with one statement (`record_outcomes`).
+    select(
+        COMMANDS.c.id,
+        COMMANDS.c.type,
+        COMMANDS.c.sku,
+        COMMANDS.c.seq,
+        COMMANDS.c.payload,
+        COMMANDS.c.parent_id,
+        COMMANDS.c.accepted_at,
+        Widget,
+        LEFT_UNPUBLISHED.label("left_unpublished"),
+    )
+    .outerjoin(Widget, Widget.sku == COMMANDS.c.sku)
     # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
-    .where(CommandRecord.sku.in_(bindparam("skus", expanding=True)), CommandRecord.status.in_(UNFINISHED))
-    .order_by(CommandRecord.sku, CommandRecord.seq)
+    .where(COMMANDS.c.sku.in_(bindparam("skus", expanding=True)), COMMANDS.c.status.in_(UNFINISHED))
+    .order_by(COMMANDS.c.sku, COMMANDS.c.seq)
 )
-COMMANDS = CommandRecord.__table__
 CLAIMABLE = (
     select(COMMANDS.c.id)
     .where(COMMANDS.c.id.in_(bindparam("ids", expanding=True)), COMMANDS.c.status.in_(UNFINISHED))
@@ -70,6 +84,27 @@ TARGETS = select(COMMANDS.c.id, COMMANDS.c.sku, COMMANDS.c.seq).where(
 )
 HEADS = WidgetHead.__table__
 MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
+FINISH_COMMANDS = (
+    update(COMMANDS)
+    .where(COMMANDS.c.id == bindparam("command_id"))
+    .values(status=bindparam("status"), error=bindparam("error"), finished_at=bindparam("finished_at"))
+)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A pending command as an apply reads it, and the outcome the apply gives it (`_fail`, `_succeed`)."""
+
+    id: UUID
+    type: str
+    sku: str | None
+    seq: int
+    payload: dict[str, Any]
+    parent_id: UUID | None
+    accepted_at: datetime
+    status: str = CommandStatus.RUNNING.value
+    error: dict[str, Any] | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(eq=False)
@@ -123,28 +158,27 @@ class ApplyService(CommandService):
         behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
         if not behind:
             return None
-        pending = (
-            (await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind), "targets": sorted(targets)}))
-            .tuples()
-            .all()
-        )
+        rows = (
+            await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind), "targets": sorted(targets)})
+        ).all()
         widgets = WidgetService(session=self.session)
-        current: Current = {record.sku or "": widget for record, widget, _ in pending}
+        current: Current = {row.sku or "": row.Widget for row in rows}
+        finished: list[Pending] = []
         events: list[EventRecord] = []
-        for record, _, _ in pending:
-            sku = record.sku or ""
-            if applied[sku] < record.seq <= behind[sku]:
+        for row in rows:
+            sku = row.sku or ""
+            if applied[sku] < row.seq <= behind[sku]:
+                record = Pending(row.id, row.type, row.sku, row.seq, row.payload, row.parent_id, row.accepted_at)
                 apply = self._apply_carefully if careful else self._apply_one
                 if (event := await apply(widgets, current, record)) is not None:
-                    self.session.add(event)
                     events.append(event)
-        await self.session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(behind.items())])
-        await self.session.flush()
-        if not pending or any(left_unpublished for _, _, left_unpublished in pending):
+                finished.append(record)
+        await record_outcomes(self.session, finished, events, behind)
+        if not rows or any(row.left_unpublished for row in rows):
             return None
         return events
 
-    async def _apply_one(self, widgets: WidgetService, current: Current, record: CommandRecord) -> EventRecord | None:
+    async def _apply_one(self, widgets: WidgetService, current: Current, record: Pending) -> EventRecord | None:
         """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)
         is found before anything changes and fails it; anything else fails the whole batch, which is then applied
         carefully."""
@@ -154,9 +188,7 @@ class ApplyService(CommandService):
             return _fail(record, failure)
         return _succeed(record, change)
 
-    async def _apply_carefully(
-        self, widgets: WidgetService, current: Current, record: CommandRecord
-    ) -> EventRecord | None:
+    async def _apply_carefully(self, widgets: WidgetService, current: Current, record: Pending) -> EventRecord | None:
         """Applies one command inside a savepoint: a command that fails leaves nothing of itself behind (no half
         update, no version bump without its event), and the commands after it still apply."""
         sku = record.sku or ""
@@ -197,6 +229,60 @@ class ApplyService(CommandService):
         return sku
 
 
+async def record_outcomes(
+    session: AsyncSession, finished: Sequence[Pending], events: Sequence[EventRecord], heads: dict[str, int]
+) -> None:
+    """Writes what an apply did besides its widgets' changes (which its unit of work flushes): each command's outcome,
+    its events (each given its row id, in the order given: the order they are published in), and each sku's
+    `applied_seq`. On PostgreSQL in one statement (`RECORD_OUTCOMES`); else one per table. Notes each command
+    finished, to be counted and logged once the transaction commits."""
+    if session.bind.dialect.name == "postgresql":
+        written = await session.execute(
+            RECORD_OUTCOMES,
+            {
+                "head_skus": sorted(heads),
+                "head_seqs": [heads[sku] for sku in sorted(heads)],
+                "ids": [record.id for record in finished],
+                "statuses": [record.status for record in finished],
+                "errors": [None if record.error is None else _json(record.error) for record in finished],
+                "finished_ats": [record.finished_at for record in finished],
+                "event_ids": [event.event_id for event in events],
+                "types": [event.type for event in events],
+                "skus": [event.sku for event in events],
+                "versions": [event.version for event in events],
+                "command_ids": [event.command_id for event in events],
+                "occurred_ats": [event.occurred_at for event in events],
+                "datas": [_json(event.data) for event in events],
+            },
+        )
+        row_ids = {event_id: row_id for row_id, event_id in written.tuples().all()}
+        for event in events:
+            event.id = row_ids[event.event_id]
+    else:
+        if finished:
+            outcomes = [
+                {
+                    "command_id": record.id,
+                    "status": record.status,
+                    "error": record.error,
+                    "finished_at": record.finished_at,
+                }
+                for record in finished
+            ]
+            await session.execute(FINISH_COMMANDS, outcomes)
+        await session.execute(MOVE_HEADS, [{"head": sku, "seq": seq} for sku, seq in sorted(heads.items())])
+        session.add_all(events)
+        await session.flush()
+    for record in finished:
+        if record.parent_id is None:  # an import's rows are counted as their import
+            seconds = ((record.finished_at or datetime.now(UTC)) - record.accepted_at).total_seconds()
+            note_finished(session, record.id, record.type, record.status, seconds)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 async def claim(held: HeldConnection, command_ids: Sequence[UUID]) -> dict[str, int]:
     """`ApplyService.claim` on PostgreSQL as single statements outside any transaction: the claim is durable, and
     visible, as it ends, with no BEGIN or COMMIT round trip on the path of every command."""
@@ -219,7 +305,7 @@ Change = tuple[EventType, int, dict[str, Any]]
 """What applying a command did: its event's type, the widget's version, and the event's data."""
 
 
-def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord | None:
+def _fail(record: CommandRecord | Pending, failure: CommandFailed) -> EventRecord | None:
     """Ends the command failed, with its `command.failed` event; an import's row has none: it fails as a line of
     its import's result, and the import is the command its client watches."""
     record.status, record.error, record.finished_at = CommandStatus.FAILED.value, failure.problem(), datetime.now(UTC)
@@ -228,7 +314,7 @@ def _fail(record: CommandRecord, failure: CommandFailed) -> EventRecord | None:
     return command_event(record, EventType.COMMAND_FAILED, {"status": record.status, "error": record.error})
 
 
-def _succeed(record: CommandRecord, change: Change | None) -> EventRecord | None:
+def _succeed(record: Pending, change: Change | None) -> EventRecord | None:
     """Ends the command succeeded, with the event of its change (`None`: it changed nothing, an import's row that
     was already so)."""
     record.status, record.finished_at = CommandStatus.SUCCEEDED.value, datetime.now(UTC)

@@ -27,6 +27,15 @@ if TYPE_CHECKING:
 
 
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
+FINISHED_KEY = "widgetry.finished_commands"
+"""Where a session keeps the commands it finished (`session.info`), for the observers of its commit to count and log:
+those it finished through its unit of work are found there by a listener; those whose outcome a statement wrote, the
+statement's caller notes (`note_finished`)."""
+
+
+def note_finished(session: AsyncSession, command_id: UUID, kind: str, status: str, seconds: float) -> None:
+    """Notes a command the session finished: told once, when (and if) its transaction commits."""
+    session.info.setdefault(FINISHED_KEY, {})[command_id] = (kind, status, seconds)
 
 
 class Submission(msgspec.Struct, frozen=True):
