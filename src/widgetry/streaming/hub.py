@@ -32,12 +32,17 @@ RECONNECT_DELAY = 1.0
 RETRY_MS = 3_000
 PROGRESS = EventType.COMMAND_PROGRESS.value
 KEEPALIVE = ServerSentEventMessage(comment="ping", data=None).encode()
-PAUSE_PER_SUBSCRIBER_S = 0.000_1
+PAUSE_PER_SUBSCRIBER_S = 0.000_05
 """A round of wakeups starts this long per subscriber of the last round (at most MAX_PAUSE_S) after the last round
-started, so the entries read meanwhile go out together. Each wakeup costs a subscriber a write, some 20-40 µs here:
-with 1,000 subscribers, rounds a tenth of a second apart keep fan-out to about a third of a core however fast events
-come, for 100 ms of latency at most; with a handful of subscribers the pause is nil."""
-MAX_PAUSE_S = 0.1
+started, so the entries read meanwhile go out together. Each wakeup costs a subscriber a write (a system call, the
+most of it): with 1,000 subscribers, rounds 50 ms apart keep fan-out near half a core however fast events come; with
+a handful of subscribers the pause is nil. Measured with `fanout.py` (1,000 x 100/s, the driver on the same two
+cores): 0.1 ms gave p50 86-88 ms and p99 154-157 ms; 0.05 ms, p50 56-65 and p99 118-159; 0.02-0.03 ms cost the web
+process 60-85% more CPU (7.0-8.2 s against 4.4-4.8 s) and gave p50 81-83, p99 147-157."""
+MAX_PAUSE_S = 0.25
+"""With 10,000 subscribers a round takes a good part of this: spacing rounds further lets each write carry more
+events (fanout.py, 10,000 x 10/s: at most 0.1 s gave p50 263-320 ms and p99 688-731 ms, the web on a full core;
+0.25 s, p50 226-254 ms and p99 543-641 ms)."""
 READ_PAUSE_S = 0.02
 """The reader's own pause after a read that gave subscribers something (also per subscriber, at most this): reads
 cost a dictionary lookup and an append per matching subscriber, not a write, so they come sooner than the rounds."""
