@@ -7,7 +7,7 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID, uuid4
 
 import msgspec
@@ -188,7 +188,15 @@ async def next_seq(session: AsyncSession, sku: str) -> int:
     return (await next_seqs(session, {sku: 1}))[sku][0]
 
 
-def command_event(record: CommandRecord, event_type: EventType, data: dict[str, Any]) -> EventRecord:
+class EndedCommand(Protocol):
+    """What an event about a command needs of it: a record, or a command as an apply reads it (`apply.Pending`)."""
+
+    id: UUID
+    sku: str | None
+    finished_at: datetime | None
+
+
+def command_event(record: EndedCommand, event_type: EventType, data: dict[str, Any]) -> EventRecord:
     """An event about the command itself (failed, progress, completed) rather than a widget's change."""
     return EventRecord(
         event_id=uuid4(),
