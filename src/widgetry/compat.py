@@ -1,4 +1,5 @@
-"""The one place that leans on other libraries' internals (Litestar's and litestar-saq's), and why each is needed.
+"""The one place that leans on other libraries' internals (Litestar's, litestar-saq's, SAQ's and aiosqlite's), and
+why each is needed.
 
 Each name here is something the service needs that the library offers only under a private name, or not at all.
 `tests/unit/test_compat.py` checks every one against the installed versions, so an upgrade that moves or changes one
