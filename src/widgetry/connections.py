@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from widgetry.compat import TimedWriteConnection
 from widgetry.observability.counts import Counts
 from widgetry.sqlite import create_sqlite_engine
 from widgetry.streaming.publisher import EventPublisher, InProcessEventPublisher
@@ -45,7 +46,9 @@ def build_redis(settings: Settings) -> Redis:
         # the event loop per command (measured: twice the cost of a GET, and each turn waits behind the requests the
         # loop is serving). A server in this process answers as the command is written, or never.
         return FakeRedis(server=FakeServer(), socket_timeout=None)
-    return Redis.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[arg-type]
+    # A plain TCP connection writes in place (compat.TimedWriteConnection); TLS and Unix sockets keep redis-py's own.
+    plain = {"connection_class": TimedWriteConnection} if settings.redis_url.startswith("redis://") else {}
+    return Redis.from_url(settings.redis_url, health_check_interval=30, **plain)  # type: ignore[arg-type]
 
 
 def build_alchemy(settings: Settings) -> SQLAlchemyAsyncConfig:

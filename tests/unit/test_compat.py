@@ -7,6 +7,7 @@ Each check names the private and the installed version, so an upgrade that moves
 from __future__ import annotations
 
 import ast
+import asyncio
 import functools
 import importlib
 import inspect
@@ -23,6 +24,8 @@ from litestar import Litestar
 from litestar.dto import AbstractDTO
 from litestar_saq import SAQPlugin
 from litestar_saq import Worker as LitestarSaqWorker
+from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.job import Job, Status
 
 from tests.support import ROOT, running
@@ -30,7 +33,7 @@ from tests.unit.test_layering import SOURCES, module_of
 from widgetry import compat
 from widgetry.workers.queue import CommandWorker, EmbeddedRedisQueue
 
-LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy", "aiosqlite")
+LIBRARIES = ("litestar", "litestar_saq", "saq", "advanced_alchemy", "sqlalchemy", "aiosqlite", "redis")
 """Whose private names only `compat` may use."""
 
 
@@ -135,6 +138,62 @@ async def test_a_job_s_status_is_stored_and_announced_in_one_round_trip() -> Non
         "saq.queue.redis.RedisQueue._active and _incomplete", "saq", "no longer name the lists a finished job leaves"
     )
     await listener.aclose()
+
+
+async def answering_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A server that answers `+OK` to every line that starts a command (`*<count>`): enough of RESP for a SET."""
+    while line := await reader.readline():
+        if line.startswith(b"*"):
+            writer.write(b"+OK\r\n")
+            await writer.drain()
+    writer.close()
+
+
+async def test_a_redis_connection_writes_in_place_under_its_socket_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = await asyncio.start_server(answering_ok, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", connection_class=compat.TimedWriteConnection)
+    assert redis.connection_pool.connection_kwargs.get("socket_timeout", 5) == 5  # redis-py's default, left as it is
+    await redis.set("connects", "first")  # connecting is redis-py's own path
+    tasks_made: list[object] = []
+    make_task = asyncio.get_running_loop().create_task
+
+    def counted(*args: object, **kwargs: object) -> asyncio.Task[object]:
+        tasks_made.append(args[0])
+        return make_task(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_task", counted)
+    written = [await redis.set("key", str(n)) for n in range(3)]
+    monkeypatch.undo()
+    await redis.aclose()
+    server.close()
+    await server.wait_closed()
+
+    assert written == [True, True, True]
+    assert tasks_made == [], moved(
+        "redis.asyncio.connection.Connection._send_packed_command", "redis", "made a task per write"
+    )
+
+
+async def test_a_redis_write_that_outlasts_the_socket_timeout_fails_and_drops_the_connection() -> None:
+    server = await asyncio.start_server(answering_ok, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = compat.TimedWriteConnection(host="127.0.0.1", port=port, socket_timeout=0.05)
+    await connection.connect()
+    never_done = asyncio.get_running_loop().create_future()
+
+    async def stalled(_command: object) -> None:
+        await never_done
+
+    connection._send_packed_command = stalled  # type: ignore[method-assign] # noqa: SLF001
+
+    with pytest.raises(RedisTimeoutError):
+        await connection.send_command("SET", "key", "value")
+    still_connected = connection.is_connected
+    server.close()
+    await server.wait_closed()
+
+    assert not still_connected
 
 
 async def test_an_in_place_aiosqlite_connection_runs_its_calls_without_a_thread() -> None:
