@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session, attributes, sessionmaker
 from widgetry.domain.models import CommandRecord
 from widgetry.observability import tracing
 from widgetry.observability.counts import OUTCOMES
-from widgetry.services.commands import FINISHED_KEY
+from widgetry.services.commands import FINISHED_KEY, note_finished
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -97,12 +96,10 @@ def _note_finished(session: Session, _context: Any) -> None:
     for record in session.dirty:
         if (
             isinstance(record, CommandRecord)
-            and record.parent_id is None  # an import's rows are counted as their import
             and record.status in OUTCOMES
             and attributes.get_history(record, "status").added
         ):
-            seconds = ((record.finished_at or datetime.now(UTC)) - record.accepted_at).total_seconds()
-            session.info.setdefault(FINISHED_KEY, {})[record.id] = (record.type, record.status, seconds)
+            note_finished(session, record)
 
 
 def _forget_finished(session: Session, previous: Any) -> None:

@@ -237,11 +237,12 @@ async def record_outcomes(
     `applied_seq`. On PostgreSQL in one statement (`RECORD_OUTCOMES`); else one per table. Notes each command
     finished, to be counted and logged once the transaction commits."""
     if session.bind.dialect.name == "postgresql":
+        head_skus = sorted(heads)
         written = await session.execute(
             RECORD_OUTCOMES,
             {
-                "head_skus": sorted(heads),
-                "head_seqs": [heads[sku] for sku in sorted(heads)],
+                "head_skus": head_skus,
+                "head_seqs": [heads[sku] for sku in head_skus],
                 "ids": [record.id for record in finished],
                 "statuses": [record.status for record in finished],
                 "errors": [None if record.error is None else _json(record.error) for record in finished],
@@ -274,9 +275,7 @@ async def record_outcomes(
         session.add_all(events)
         await session.flush()
     for record in finished:
-        if record.parent_id is None:  # an import's rows are counted as their import
-            seconds = ((record.finished_at or datetime.now(UTC)) - record.accepted_at).total_seconds()
-            note_finished(session, record.id, record.type, record.status, seconds)
+        note_finished(session, record)
 
 
 def _json(value: dict[str, Any]) -> str:

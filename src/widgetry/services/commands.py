@@ -24,6 +24,7 @@ from widgetry.services.heads import lock_head
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
 
 
 UNFINISHED = (CommandStatus.ACCEPTED.value, CommandStatus.RUNNING.value)
@@ -33,9 +34,24 @@ those it finished through its unit of work are found there by a listener; those 
 statement's caller notes (`note_finished`)."""
 
 
-def note_finished(session: AsyncSession, command_id: UUID, kind: str, status: str, seconds: float) -> None:
-    """Notes a command the session finished: told once, when (and if) its transaction commits."""
-    session.info.setdefault(FINISHED_KEY, {})[command_id] = (kind, status, seconds)
+class FinishedCommand(Protocol):
+    """What noting a finished command reads of it: a record, or a command as an apply reads it (`apply.Pending`)."""
+
+    id: UUID
+    type: str
+    status: str
+    parent_id: UUID | None
+    accepted_at: datetime
+    finished_at: datetime | None
+
+
+def note_finished(session: AsyncSession | Session, record: FinishedCommand) -> None:
+    """Notes a command the session finished: told once, when (and if) its transaction commits. An import's rows are
+    counted as their import, not one by one."""
+    if record.parent_id is not None:
+        return
+    seconds = ((record.finished_at or datetime.now(UTC)) - record.accepted_at).total_seconds()
+    session.info.setdefault(FINISHED_KEY, {})[record.id] = (record.type, record.status, seconds)
 
 
 class Submission(msgspec.Struct, frozen=True):
