@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import msgspec
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import and_, bindparam, exists, literal_column, select, update
 
 from widgetry.domain.commands import (
     Command,
@@ -83,6 +83,39 @@ TARGETS = select(COMMANDS.c.id, COMMANDS.c.sku, COMMANDS.c.seq).where(
     COMMANDS.c.id.in_(bindparam("ids", expanding=True))
 )
 HEADS = WidgetHead.__table__
+SEEN = HEADS.alias("seen")
+LOCK_AND_READ = (
+    # PostgreSQL: the skus' heads locked (in sku order, as every lock on heads) and, in the same round trip, what
+    # PENDING_COMMANDS would read after the lock. One statement reads with the snapshot it started with, so what a
+    # transaction it waited for did is missing from its joins; but every such transaction wrote the head row (see
+    # `widgetry.services.heads`), and the lock returns the head as that transaction left it. `fresh` compares the
+    # locked head's row version (`xmin`) with the snapshot's: where any differs, the commands are read again.
+    select(
+        HEADS.c.sku.label("head"),
+        HEADS.c.applied_seq,
+        (
+            literal_column("widget_heads.xmin")
+            == select(literal_column("seen.xmin")).where(SEEN.c.sku == HEADS.c.sku).scalar_subquery()
+        ).label("fresh"),
+        COMMANDS.c.id,
+        COMMANDS.c.type,
+        COMMANDS.c.sku,
+        COMMANDS.c.seq,
+        COMMANDS.c.payload,
+        COMMANDS.c.parent_id,
+        COMMANDS.c.accepted_at,
+        Widget,
+        LEFT_UNPUBLISHED.label("left_unpublished"),
+    )
+    .select_from(
+        HEADS.outerjoin(COMMANDS, and_(COMMANDS.c.sku == HEADS.c.sku, COMMANDS.c.status.in_(UNFINISHED))).outerjoin(
+            Widget, Widget.sku == HEADS.c.sku
+        )
+    )
+    .where(HEADS.c.sku.in_(bindparam("skus", expanding=True)))
+    .order_by(HEADS.c.sku, COMMANDS.c.seq)
+    .with_for_update(of=HEADS)
+)
 MOVE_HEADS = update(HEADS).where(HEADS.c.sku == bindparam("head")).values(applied_seq=bindparam("seq"))
 FINISH_COMMANDS = (
     update(COMMANDS)
@@ -154,13 +187,16 @@ class ApplyService(CommandService):
     async def _apply_pending(self, targets: dict[str, int], *, careful: bool) -> list[EventRecord] | None:
         """Locks the skus' heads and applies their pending commands up to the targets' seqs; returns the events
         written, when they are all the skus have unpublished (see `Applied.events`)."""
-        applied = await lock_heads(self.session, targets)
+        applied, read = await self._lock_and_read(targets)
         behind = {sku: seq for sku, seq in targets.items() if seq > applied[sku]}
         if not behind:
             return None
-        rows = (
-            await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind), "targets": sorted(targets)})
-        ).all()
+        if read is None:
+            rows = (
+                await self.session.execute(PENDING_COMMANDS, {"skus": sorted(behind), "targets": sorted(targets)})
+            ).all()
+        else:
+            rows = [row for row in read if row.id is not None and row.sku in behind]
         widgets = WidgetService(session=self.session)
         current: Current = {row.sku or "": row.Widget for row in rows}
         finished: list[Pending] = []
@@ -177,6 +213,22 @@ class ApplyService(CommandService):
         if not rows or any(row.left_unpublished for row in rows):
             return None
         return events
+
+    async def _lock_and_read(self, targets: dict[str, int]) -> tuple[dict[str, int], Sequence[Any] | None]:
+        """Locks the skus' heads; returns their `applied_seq`s and, when one statement could read them fresh (on
+        PostgreSQL, `LOCK_AND_READ`), the pending commands with them. `None`: read them now, under the locks."""
+        if self.session.bind.dialect.name != "postgresql":
+            return await lock_heads(self.session, targets), None
+        skus = sorted(targets)
+        read = (await self.session.execute(LOCK_AND_READ, {"skus": skus, "targets": skus})).all()
+        applied = {row.head: row.applied_seq for row in read}
+        if all(row.fresh for row in read):
+            return applied, read
+        # A transaction on these skus committed while this one waited for its locks: the widgets read with the stale
+        # snapshot leave the unit of work, to be read again as they are now.
+        for widget in {id(row.Widget): row.Widget for row in read if row.Widget is not None}.values():
+            self.session.expunge(widget)
+        return applied, None
 
     async def _apply_one(self, widgets: WidgetService, current: Current, record: Pending) -> EventRecord | None:
         """Applies one command of a batch: what is wrong with the command (the widget exists, is missing, moved on)

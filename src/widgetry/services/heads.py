@@ -1,4 +1,9 @@
-"""The per-sku head row: the lock that serializes everything done to one sku's commands and events."""
+"""The per-sku head row: the lock that serializes everything done to one sku's commands and events.
+
+Whatever changes a sku's commands, widget or events writes its head row in the same transaction, not only locks it:
+intake moves `accepted_seq`, an apply `applied_seq`, and `lock_heads` writes the row back as it is. An apply reads
+its skus' pending commands in the statement that locks their heads (`widgetry.services.apply.LOCK_AND_READ`), and a
+changed head row is how it knows that the statement's snapshot missed a transaction it waited for."""
 
 from __future__ import annotations
 
@@ -13,12 +18,19 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
 HEADS = WidgetHead.__table__
-# Core, on the table: both run on the path of every apply, where the ORM's statement bookkeeping is a measurable cost.
-LOCK_HEADS = (
-    select(HEADS.c.sku, HEADS.c.applied_seq)
+LOCKED_IN_ORDER = (
+    select(HEADS.c.sku)
     .where(HEADS.c.sku.in_(bindparam("skus", expanding=True)))
     .order_by(HEADS.c.sku)
     .with_for_update()
+    .subquery("locked")
+)
+# Core, on the table: the ORM's statement bookkeeping is a measurable cost on the write path.
+LOCK_HEADS = (
+    update(HEADS)
+    .where(HEADS.c.sku == LOCKED_IN_ORDER.c.sku)
+    .values(applied_seq=HEADS.c.applied_seq)
+    .returning(HEADS.c.sku, HEADS.c.applied_seq)
 )
 LOCK_HEADS_SQLITE = (
     update(HEADS)
@@ -34,13 +46,14 @@ async def lock_head(session: AsyncSession, sku: str) -> int:
 
 
 async def lock_heads(session: AsyncSession, skus: Collection[str]) -> dict[str, int]:
-    """Locks the skus' head rows until the transaction ends, and returns their `applied_seq`s.
+    """Locks the skus' head rows until the transaction ends, writing each back as it is, and returns their
+    `applied_seq`s.
 
     On PostgreSQL, `SELECT ... ORDER BY sku FOR UPDATE` takes the row locks in sku order: every transaction that
     locks several heads (a batch of commands, the intake's counters) takes them in that one order, so two of them
-    cannot deadlock. SQLite ignores FOR UPDATE and lets one writer in at a time: a no-op write takes that lock and
-    returns the `applied_seq`s it holds, since its deferred transactions would otherwise let two appliers read the
-    same one (one statement: a separate read after it was a second round on the path of every apply).
+    cannot deadlock. The write makes the lock seen by an apply that waited for it (see the module's docstring).
+    SQLite ignores FOR UPDATE and lets one writer in at a time: a no-op write takes that lock and returns the
+    `applied_seq`s it holds, since its deferred transactions would otherwise let two appliers read the same one.
     """
     ordered = {"skus": sorted(set(skus))}
     rows = await session.execute(LOCK_HEADS_SQLITE if session.bind.dialect.name == "sqlite" else LOCK_HEADS, ordered)
