@@ -151,6 +151,8 @@ async def test_the_schema_declares_how_to_send_a_key_and_which_scope_each_operat
         assert paths[path][method]["security"] == [{"apiKey": ["write"]}, {"bearer": ["write"]}]
     for path in ("/admin/widgets", "/admin/widgets/{sku}"):
         assert paths[path]["get"]["security"] == [{"apiKey": ["admin"]}, {"bearer": ["admin"]}]
+        assert {"401", "403"} <= paths[path]["get"]["responses"].keys()  # no key; a key without `admin`
+        assert {"401", "403"}.isdisjoint(paths[path.removeprefix("/admin")]["get"]["responses"])  # public: neither
     assert "internal_notes" in schema["components"]["schemas"]["AdminWidget"]["properties"]
     assert "security" not in paths["/widgets/{sku}"]["get"]
     assert "security" not in schema  # reads are public unless protected
