@@ -117,6 +117,23 @@ async def test_a_csv_import_reports_bad_rows_and_applies_the_good_ones(
     assert await widget_row(app, "CSV-3") is None
 
 
+async def test_a_bad_row_is_reported_with_every_fault_it_has(client: httpx.AsyncClient, app: Litestar) -> None:
+    csv_body = "sku,name,price_cents\nbad sku!,,-5\nALL-1,Fine,12\n"
+    json_body = {"widgets": [{"sku": 5, "name": "", "price_cents": "x", "colour": "red"}, {"name": "No sku"}]}
+
+    from_csv = (await imported(client, content=csv_body.encode(), headers=CSV))["result"]["errors"]
+    from_json = await client.post("/widgets/imports", json=json_body, headers=AUTH)  # no valid row: refused
+
+    [csv_reason] = [error["reason"] for error in from_csv]
+    assert [part.split(":")[0] for part in csv_reason.split("; ")] == ["sku", "name", "price_cents"]
+    assert from_json.status_code == 422
+    first, second = [param["reason"] for param in from_json.json()["invalid_params"]]
+    assert "unknown field `colour`" in first
+    assert [part.split(":")[0] for part in first.split("; ")[1:]] == ["sku", "name", "price_cents"]
+    assert second.count("missing required field") == 2  # sku and price_cents
+    assert await widget_row(app, "ALL-1") is not None
+
+
 async def test_an_import_updates_what_exists_and_leaves_unchanged_rows_alone(
     client: httpx.AsyncClient, app: Litestar
 ) -> None:

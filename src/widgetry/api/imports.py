@@ -13,7 +13,7 @@ import msgspec
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from widgetry.api.problems import MSGSPEC_ERROR, in_words, invalid, not_json, problem_exception
-from widgetry.api.schemas import WidgetCreate
+from widgetry.api.schemas import WidgetCreate, faults_of
 from widgetry.domain.models import Widget
 from widgetry.services.imports import ImportRow
 
@@ -109,8 +109,15 @@ def _checked(raw: Any, *, strict: bool) -> msgspec.Struct | Refused:
     try:
         return msgspec.convert(raw, WidgetRow, strict=strict)
     except msgspec.ValidationError as error:
-        sku = raw.get("sku") if isinstance(raw, dict) and isinstance(raw.get("sku"), str) else None
-        return Refused(sku, _reason(str(error)))
+        if not isinstance(raw, dict):
+            return Refused(None, _reason(str(error)))
+        sku = raw.get("sku") if isinstance(raw.get("sku"), str) else None
+        # Every fault of the row, as `POST /widgets` names every fault of its body; msgspec stops at the first.
+        faults = [
+            fault["message"] if fault["key"] == "body" else f"{fault['key']}: {fault['message']}"
+            for fault in faults_of(raw, WidgetRow, strict=strict)
+        ]
+        return Refused(sku, "; ".join(faults) or _reason(str(error)))
 
 
 def _cells(count: int) -> str:

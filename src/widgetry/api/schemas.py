@@ -57,8 +57,12 @@ def every_fault(raw: bytes, struct: Any) -> list[dict[str, str]]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return []
-    if not isinstance(body, dict):
-        return []
+    return faults_of(body, struct, strict=True) if isinstance(body, dict) else []
+
+
+def faults_of(body: dict[str, Any], struct: type[msgspec.Struct], *, strict: bool) -> list[dict[str, str]]:
+    """Each rule of `struct` that the object `body` breaks (see `every_fault`); `strict=False` takes text for numbers,
+    as a CSV import's cells are."""
     fields = {field.encode_name: field for field in msgspec.structs.fields(struct)}
     faults = [
         {"key": "body", "message": f"Object missing required field `{name}`"}
@@ -73,7 +77,7 @@ def every_fault(raw: bytes, struct: Any) -> list[dict[str, str]]:
         if (field := fields.get(name)) is None:
             continue
         try:
-            msgspec.convert(value, field.type, strict=True)
+            msgspec.convert(value, field.type, strict=strict)
         except msgspec.ValidationError as fault:
             faults.append({"key": name, "message": in_words(str(fault), name)})
     return faults
