@@ -24,7 +24,7 @@ from widgetry.api.admin import admin_router
 from widgetry.api.asyncapi import asyncapi_document
 from widgetry.api.commands import get_command
 from widgetry.api.dependencies import DEPENDENCIES
-from widgetry.api.docs import get_problem_type, list_problem_types
+from widgetry.api.docs import answering_also, get_problem_type, list_problem_types
 from widgetry.api.events import stream_events, stream_widget_events
 from widgetry.api.limits import RATE_LIMIT_EXEMPT, OpenStreams, RateLimit, RateLimiter
 from widgetry.api.metrics import MetricsController, metrics_guard
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     queues = build_queues(connections)
     read_guards = [api_key_guard] if settings.protect_reads else []
+    reads = [list_widgets, get_widget, get_command, stream_events, stream_widget_events]
     rate_limiter = RateLimiter.of(connections.redis, settings)
     return Litestar(
         route_handlers=[
@@ -99,11 +100,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 return_dto=WidgetRead,
                 cache_control=read_cache_control(private=settings.protect_reads),
                 route_handlers=[
-                    list_widgets,
-                    get_widget,
-                    get_command,
-                    stream_events,
-                    stream_widget_events,
+                    *(
+                        # Where reads need a key, no key is `401` (any valid key may read).
+                        [answering_also(read, "unauthorized") for read in reads] if settings.protect_reads else reads
+                    ),
                     create_widget,
                     update_widget,
                     delete_widget,

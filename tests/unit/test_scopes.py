@@ -169,6 +169,9 @@ async def test_with_reads_protected_the_schema_asks_a_key_of_reads_but_not_of_he
     assert "security" not in schema["paths"]["/widgets/{sku}"]["get"]  # the document's default applies
     assert schema["paths"]["/health"]["get"]["security"] == [{}]
     assert schema["paths"]["/widgets"]["post"]["security"] == [{"apiKey": ["write"]}, {"bearer": ["write"]}]
+    for path in ("/widgets", "/widgets/{sku}", "/commands/{command_id}", "/events"):
+        assert "401" in schema["paths"][path]["get"]["responses"], path  # no key
+    assert "401" not in schema["paths"]["/health"]["get"]["responses"]
 
 
 async def test_internal_notes_reach_no_public_route_no_event_and_no_log_line(tmp_path: Path) -> None:

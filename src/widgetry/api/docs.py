@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import get
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import PathParameter
@@ -119,6 +121,18 @@ def problem_responses(*slugs: str) -> dict[int, ResponseSpec]:
         )
         for status, kinds in by_status.items()
     }
+
+
+Handler = TypeVar("Handler", bound=HTTPRouteHandler)
+
+
+def answering_also(handler: Handler, *slugs: str) -> Handler:
+    """The handler as a router that guards it registers it: documented with its guard's problems besides its own (the
+    handler is shared, and other routes register it without that guard). Litestar copies a handler it registers;
+    this copy only adds those responses."""
+    guarded = copy(handler)
+    guarded.responses = {**(handler.responses or {}), **problem_responses(*slugs)}
+    return guarded
 
 
 WRITE_PROBLEMS = (
