@@ -1,9 +1,11 @@
 """The per-sku head row: the lock that serializes everything done to one sku's commands and events.
 
-Whatever changes a sku's commands, widget or events writes its head row in the same transaction, not only locks it:
-intake moves `accepted_seq`, an apply `applied_seq`, and `lock_heads` writes the row back as it is. An apply reads
-its skus' pending commands in the statement that locks their heads (`widgetry.services.apply.LOCK_AND_READ`), and a
-changed head row is how it knows that the statement's snapshot missed a transaction it waited for."""
+Whatever changes what an apply reads of a sku (its unfinished commands, its widget, whether it has events still to
+publish) writes the sku's head row in the same transaction, not only locks it: intake moves `accepted_seq`, an apply
+`applied_seq`, and `lock_heads` writes the row back as it is. An apply reads its skus' pending commands in the
+statement that locks their heads (`widgetry.services.apply.LOCK_AND_READ`), and a changed head row is how it knows
+that the statement's snapshot missed a transaction it waited for. The one change left out, a published event's
+stream id, can only make a stale read think an event still unpublished: the apply then reads the outbox."""
 
 from __future__ import annotations
 
