@@ -45,22 +45,25 @@ LEFT_UNPUBLISHED = exists().where(
     EventRecord.stream_id.is_(None),
 )
 COMMANDS = CommandRecord.__table__
+PENDING = (
+    COMMANDS.c.id,
+    COMMANDS.c.type,
+    COMMANDS.c.sku,
+    COMMANDS.c.seq,
+    COMMANDS.c.payload,
+    COMMANDS.c.parent_id,
+    COMMANDS.c.accepted_at,
+    Widget,
+    LEFT_UNPUBLISHED.label("left_unpublished"),
+)
+"""What an apply reads of each pending command: the columns `Pending` takes, the sku's widget, and whether the skus
+have events still unpublished."""
 PENDING_COMMANDS = (
     # With each, its sku's widget as it is (the one round trip reads both), and whether the skus have events still
     # unpublished. Read under the heads' locks, so both hold for everything committed before this batch (the lock
     # statement's own snapshot is older than the lock it waited for). The commands as columns, not as instances of
     # the unit of work: their outcomes are written with one statement (`record_outcomes`).
-    select(
-        COMMANDS.c.id,
-        COMMANDS.c.type,
-        COMMANDS.c.sku,
-        COMMANDS.c.seq,
-        COMMANDS.c.payload,
-        COMMANDS.c.parent_id,
-        COMMANDS.c.accepted_at,
-        Widget,
-        LEFT_UNPUBLISHED.label("left_unpublished"),
-    )
+    select(*PENDING)
     .outerjoin(Widget, Widget.sku == COMMANDS.c.sku)
     # One already ended as failed (its retries spent) keeps that outcome; the rest still apply in order.
     .where(COMMANDS.c.sku.in_(bindparam("skus", expanding=True)), COMMANDS.c.status.in_(UNFINISHED))
@@ -97,15 +100,7 @@ LOCK_AND_READ = (
             literal_column("widget_heads.xmin")
             == select(literal_column("seen.xmin")).where(SEEN.c.sku == HEADS.c.sku).scalar_subquery()
         ).label("fresh"),
-        COMMANDS.c.id,
-        COMMANDS.c.type,
-        COMMANDS.c.sku,
-        COMMANDS.c.seq,
-        COMMANDS.c.payload,
-        COMMANDS.c.parent_id,
-        COMMANDS.c.accepted_at,
-        Widget,
-        LEFT_UNPUBLISHED.label("left_unpublished"),
+        *PENDING,
     )
     .select_from(
         HEADS.outerjoin(COMMANDS, and_(COMMANDS.c.sku == HEADS.c.sku, COMMANDS.c.status.in_(UNFINISHED))).outerjoin(
