@@ -69,7 +69,11 @@ async def test_replay_after_a_cursor_then_live_without_gap_or_duplicate(hub: Eve
     assert hub.subscriber_count == 0
 
 
-async def test_resume_while_events_keep_arriving_is_exact(hub: EventHub, redis: FakeRedis) -> None:
+async def test_resume_while_events_keep_arriving_is_exact(redis: FakeRedis) -> None:
+    # A buffer that holds the whole burst: this is about the seam between replay and live, and a writer this fast
+    # closes a subscriber with the fixture's buffer of 3 (the test above), whatever the seam does.
+    hub = EventHub(redis, STREAM, buffer_size=100, keepalive=0.1)
+    await hub.start()
     first = await add(redis, 3)
     writer = asyncio.create_task(add(redis, 40))
     stream = hub.subscribe(Filter(), first[0])
@@ -78,6 +82,56 @@ async def test_resume_while_events_keep_arriving_is_exact(hub: EventHub, redis: 
 
     assert received == first[1:] + written
     await stream.aclose()
+    await hub.stop()
+
+
+class CountingRedis(FakeRedis):
+    """Counts the hub's blocking reads."""
+
+    reads = 0
+
+    async def xread(self, *args: object, **kwargs: object) -> object:
+        self.reads += 1
+        return await super().xread(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_hub_nobody_watches_reads_nothing_and_a_late_subscriber_misses_nothing() -> None:
+    redis = CountingRedis(server=FakeServer())
+    hub = EventHub(redis, STREAM, buffer_size=100, keepalive=60)
+    await hub.start()
+    early = await add(redis, 5)  # written while nobody watches
+    await asyncio.sleep(0)
+    assert redis.reads == 0
+
+    stream = hub.subscribe(Filter(), early[1])
+    replayed = await take(stream, 3)
+    live = await add(redis, 2)
+
+    assert [i for i, _ in replayed] == early[2:]
+    assert [i for i, _ in await take(stream, 2)] == live
+    assert redis.reads > 0
+    await stream.aclose()
+
+    # The last subscriber gone, the reader parks again after the read under way, and one more comes back exactly.
+    async with asyncio.timeout(5):
+        while hub.reading_now:
+            await asyncio.sleep(0.01)
+    reads = redis.reads
+    meanwhile = await add(redis, 3)
+    assert redis.reads == reads
+    again = hub.subscribe(Filter(), live[-1])
+    assert [i for i, _ in await take(again, 3)] == meanwhile
+    await again.aclose()
+    await redis.aclose()
+    await hub.stop()
+
+
+async def test_waiting_for_a_command_wakes_a_parked_reader(hub: EventHub, redis: FakeRedis) -> None:
+    async with asyncio.timeout(5), hub.watch_command("c0") as finished:
+        await add(redis, 1)  # its command_id is c0
+        await finished.wait()
+
+    assert finished.is_set()
 
 
 async def test_a_subscriber_that_falls_behind_is_closed_and_resumes_by_id(hub: EventHub, redis: FakeRedis) -> None:
