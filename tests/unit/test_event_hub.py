@@ -69,20 +69,28 @@ async def test_replay_after_a_cursor_then_live_without_gap_or_duplicate(hub: Eve
     assert hub.subscriber_count == 0
 
 
-async def test_resume_while_events_keep_arriving_is_exact(redis: FakeRedis) -> None:
-    # A buffer that holds the whole burst: this is about the seam between replay and live, and a writer this fast
-    # closes a subscriber with the fixture's buffer of 3 (the test above), whatever the seam does.
+@pytest.mark.parametrize("reader", ["parked", "reading"])
+async def test_resume_while_events_keep_arriving_is_exact(redis: FakeRedis, reader: str) -> None:
+    # A buffer that holds the whole burst: this is about the seam between replay and live. With a buffer of 3, a
+    # writer this fast overflows it during the replay or not depending on how the reads interleave (it does when
+    # the subscriber starts a parked reader), and an overflow closes the subscriber (the tests below).
     hub = EventHub(redis, STREAM, buffer_size=100, keepalive=0.1)
     await hub.start()
-    first = await add(redis, 3)
-    writer = asyncio.create_task(add(redis, 40))
-    stream = hub.subscribe(Filter(), first[0])
-    received = [i for i, _ in await take(stream, 42)]
-    written = await writer
+    other = hub.subscribe(Filter(types=["nothing.here"]), None)
+    try:
+        if reader == "reading":
+            await anext(other)  # the reader reads for this one throughout
+        first = await add(redis, 3)
+        writer = asyncio.create_task(add(redis, 40))
+        stream = hub.subscribe(Filter(), first[0])
+        received = [i for i, _ in await take(stream, 42)]
+        written = await writer
 
-    assert received == first[1:] + written
-    await stream.aclose()
-    await hub.stop()
+        assert received == first[1:] + written
+        await stream.aclose()
+    finally:
+        await other.aclose()
+        await hub.stop()
 
 
 class CountingRedis(FakeRedis):
@@ -99,6 +107,14 @@ async def test_a_hub_nobody_watches_reads_nothing_and_a_late_subscriber_misses_n
     redis = CountingRedis(server=FakeServer())
     hub = EventHub(redis, STREAM, buffer_size=100, keepalive=60)
     await hub.start()
+    try:
+        await _late_subscribers_miss_nothing(hub, redis)
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
+async def _late_subscribers_miss_nothing(hub: EventHub, redis: CountingRedis) -> None:
     early = await add(redis, 5)  # written while nobody watches
     await asyncio.sleep(0)
     assert redis.reads == 0
@@ -122,8 +138,6 @@ async def test_a_hub_nobody_watches_reads_nothing_and_a_late_subscriber_misses_n
     again = hub.subscribe(Filter(), live[-1])
     assert [i for i, _ in await take(again, 3)] == meanwhile
     await again.aclose()
-    await redis.aclose()
-    await hub.stop()
 
 
 async def test_waiting_for_a_command_wakes_a_parked_reader(hub: EventHub, redis: FakeRedis) -> None:
@@ -132,6 +146,60 @@ async def test_waiting_for_a_command_wakes_a_parked_reader(hub: EventHub, redis:
         await finished.wait()
 
     assert finished.is_set()
+
+
+async def test_with_redis_unreachable_a_parked_reader_bounds_waits_and_keeps_streams_alive() -> None:
+    server = FakeServer()
+    redis = FakeRedis(server=server)
+    hub = EventHub(redis, STREAM, buffer_size=100, keepalive=0.1)
+    await hub.start()
+    try:
+        server.connected = False
+        loop = asyncio.get_running_loop()
+        # A `Prefer: wait` request's watch enters by its deadline: the request goes on, and reads its outcome from
+        # the database.
+        async with asyncio.timeout(5), hub.watch_command("c0", deadline=loop.time() + 0.2) as finished:
+            assert not finished.is_set()
+        # A subscriber gets keepalive comments, no `retry:` line (it is not subscribed yet) ...
+        stream = hub.subscribe(Filter(), None)
+        assert [await anext(stream) for _ in range(2)] == [b": ping\r\n\r\n", b": ping\r\n\r\n"]
+        # ... and once Redis answers, it is subscribed, and gets what comes next.
+        server.connected = True
+        async with asyncio.timeout(5):
+            while (chunk := await anext(stream)) != b"retry: 3000\r\n\r\n":
+                assert chunk == b": ping\r\n\r\n"
+        live = await add(redis, 1)
+        assert [i for i, _ in await take(stream, 1)] == live
+        await stream.aclose()
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
+async def test_stopping_ends_those_waiting_for_a_parked_reader() -> None:
+    server = FakeServer()
+    redis = FakeRedis(server=server)
+    hub = EventHub(redis, STREAM, buffer_size=100, keepalive=60)
+    await hub.start()
+    server.connected = False  # the reader cannot start
+
+    async def watch() -> bool:
+        async with hub.watch_command("c0") as finished:
+            return finished.is_set()
+
+    stream = hub.subscribe(Filter(), None)
+    subscribed = asyncio.create_task(anext(stream, b"ended"))
+    watching = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)
+    assert not subscribed.done() and not watching.done()
+
+    async with asyncio.timeout(5):
+        await hub.stop()
+        assert await subscribed == b"ended"  # the client reconnects to a process that serves
+        assert await watching is False
+        assert await anext(hub.subscribe(Filter(), None), b"ended") == b"ended"  # and one after the stop too
+    assert hub.subscriber_count == 0
+    await redis.aclose()
 
 
 async def test_a_subscriber_that_falls_behind_is_closed_and_resumes_by_id(hub: EventHub, redis: FakeRedis) -> None:

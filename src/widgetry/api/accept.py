@@ -78,10 +78,13 @@ class Intake:
         self._hub = hub
         self._wait = wait
         self._idempotency_key = idempotency_key
+        self._deadline = 0.0
+        """When a `Prefer: wait` request stops waiting (the event loop's clock)."""
 
     async def submit(self, sku: str, command: Command) -> Response[Any]:
         # The id is chosen here so the outcome can be watched for before any worker can finish the command.
         submission = Submission(id=uuid7(), sku=sku, command=command)
+        self._deadline = asyncio.get_running_loop().time() + self._wait
         async with self._watch(str(submission.id)) as finished:
             if self._idempotency_key is None:
                 record = await self._intake.accept(submission)
@@ -99,6 +102,7 @@ class Intake:
     async def submit_import(self, parsed: ParsedImport) -> Response[Any]:
         """Records an import with its rows (one transaction) and queues its job; answers as `submit` does."""
         import_id = uuid7()
+        self._deadline = asyncio.get_running_loop().time() + self._wait
         async with self._watch(str(import_id), IMPORT_OUTCOMES) as finished:
             async with unit_of_work(self._connections.alchemy) as session:
                 record, created = await ImportService(session=session).accept_import(
@@ -114,14 +118,16 @@ class Intake:
         self, command_id: str, outcomes: frozenset[str] | None = None
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Event | None]:
         """Watches for the command's outcome only when the client will wait for it (`Prefer: wait`)."""
-        return self._hub.watch_command(command_id, outcomes) if self._wait else contextlib.nullcontext()
+        if not self._wait:
+            return contextlib.nullcontext()
+        return self._hub.watch_command(command_id, outcomes, deadline=self._deadline)
 
     async def _answer(self, record: CommandRecord, finished: asyncio.Event | None) -> Response[Any]:
         """`202` with the command at once; with `Prefer: wait`, its outcome if it comes in time."""
         if finished is None:
             return command_response(record)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._wait):
+            async with asyncio.timeout_at(self._deadline):
                 await finished.wait()
         async with self._connections.alchemy.get_session() as session:
             return command_response(await CommandService(session=session).get(record.id))
