@@ -15,8 +15,13 @@ STREAM = "test:events"
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[FakeRedis]:
-    client = FakeRedis(server=FakeServer())
+def server() -> FakeServer:
+    return FakeServer()
+
+
+@pytest.fixture
+async def redis(server: FakeServer) -> AsyncIterator[FakeRedis]:
+    client = FakeRedis(server=server)
     yield client
     await client.aclose()
 
@@ -116,7 +121,7 @@ async def test_a_hub_nobody_watches_reads_nothing_and_a_late_subscriber_misses_n
 
 async def _late_subscribers_miss_nothing(hub: EventHub, redis: CountingRedis) -> None:
     early = await add(redis, 5)  # written while nobody watches
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one more turn for the reader (the writes gave it several)
     assert redis.reads == 0
 
     stream = hub.subscribe(Filter(), early[1])
@@ -148,9 +153,9 @@ async def test_waiting_for_a_command_wakes_a_parked_reader(hub: EventHub, redis:
     assert finished.is_set()
 
 
-async def test_with_redis_unreachable_a_parked_reader_bounds_waits_and_keeps_streams_alive() -> None:
-    server = FakeServer()
-    redis = FakeRedis(server=server)
+async def test_with_redis_unreachable_a_parked_reader_bounds_waits_and_keeps_streams_alive(
+    server: FakeServer, redis: FakeRedis
+) -> None:
     hub = EventHub(redis, STREAM, buffer_size=100, keepalive=0.1)
     await hub.start()
     try:
@@ -173,12 +178,9 @@ async def test_with_redis_unreachable_a_parked_reader_bounds_waits_and_keeps_str
         await stream.aclose()
     finally:
         await hub.stop()
-        await redis.aclose()
 
 
-async def test_stopping_ends_those_waiting_for_a_parked_reader() -> None:
-    server = FakeServer()
-    redis = FakeRedis(server=server)
+async def test_stopping_ends_those_waiting_for_a_parked_reader(server: FakeServer, redis: FakeRedis) -> None:
     hub = EventHub(redis, STREAM, buffer_size=100, keepalive=60)
     await hub.start()
     server.connected = False  # the reader cannot start
@@ -190,7 +192,7 @@ async def test_stopping_ends_those_waiting_for_a_parked_reader() -> None:
     stream = hub.subscribe(Filter(), None)
     subscribed = asyncio.create_task(anext(stream, b"ended"))
     watching = asyncio.create_task(watch())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # a while in which nothing may end them (a negative: there is no event to wait on)
     assert not subscribed.done() and not watching.done()
 
     async with asyncio.timeout(5):
@@ -199,7 +201,6 @@ async def test_stopping_ends_those_waiting_for_a_parked_reader() -> None:
         assert await watching is False
         assert await anext(hub.subscribe(Filter(), None), b"ended") == b"ended"  # and one after the stop too
     assert hub.subscriber_count == 0
-    await redis.aclose()
 
 
 async def test_a_subscriber_that_falls_behind_is_closed_and_resumes_by_id(hub: EventHub, redis: FakeRedis) -> None:
